@@ -1,0 +1,272 @@
+"""Forward processes: linear SDEs given by their Gaussian marginals (eq. 1).
+
+Every process is the linear SDE of eq. (1),
+
+.. math::  dx = f(t)\\, x\\, dt + g(t)\\, dw,
+
+identified by its marginal ``x_t | x_0 ~ N(alpha(t) x_0, sigma(t)^2 I)``, which
+by Theorem 3.3 is the Δt → 0 limit of the structured random walk for ANY
+increment law. A process only defines ``log alpha(t)`` and ``log sigma(t)^2``;
+drift and diffusion follow once, here, for all of them:
+
+.. math::  f = \\frac{d \\log \\alpha}{dt}, \\qquad
+           g^2 = \\frac{d\\sigma^2}{dt} - 2 f \\sigma^2
+               = \\sigma^2 \\frac{d}{dt}\\log\\frac{\\sigma^2}{\\alpha^2}.
+
+The derivatives are taken with ``jax.jvp`` so no schedule has a hand-copied f
+or g. ``1 - alpha^2`` is always ``-expm1(2 log alpha)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["Process", "VP", "SubVP", "VE", "VDM", "PROCESSES", "get", "time_grid", "check_num_steps"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _one_minus_alpha2(log_alpha):
+    """1 - alpha² = -expm1(2 log alpha), exact for small t."""
+    return -jnp.expm1(2.0 * log_alpha)
+
+
+class Process:
+    """A linear SDE given by log alpha(t) and log sigma(t)²; see the module docstring."""
+
+    name: str = "process"
+    t_eps: float = 0.0
+
+    # -- what a process defines -------------------------------------------------
+    def log_alpha(self, t):
+        raise NotImplementedError
+
+    def log_sigma2(self, t):
+        raise NotImplementedError
+
+    def prior_std(self) -> float:
+        """Standard deviation of the N(0, std² I) prior at t = 1."""
+        return 1.0
+
+    # -- derived, shared by every process ---------------------------------------
+    def alpha(self, t):
+        return jnp.exp(self.log_alpha(t))
+
+    def sigma(self, t):
+        return jnp.exp(0.5 * self.log_sigma2(t))
+
+    def sigma2(self, t):
+        return jnp.exp(self.log_sigma2(t))
+
+    def log_snr(self, t):
+        """log(alpha² / sigma²)."""
+        return 2.0 * self.log_alpha(t) - self.log_sigma2(t)
+
+    def _derivatives(self, t):
+        t = jnp.asarray(t, dtype=jnp.result_type(float))
+        ones = jnp.ones_like(t)
+        _, dlog_alpha = jax.jvp(self.log_alpha, (t,), (ones,))
+        _, dlog_sigma2 = jax.jvp(self.log_sigma2, (t,), (ones,))
+        return dlog_alpha, dlog_sigma2
+
+    def f(self, t):
+        """Drift coefficient f(t) = d log alpha / dt."""
+        return self._derivatives(t)[0]
+
+    def g2(self, t):
+        """Squared diffusion g(t)² = sigma² d/dt log(sigma²/alpha²) = dσ²/dt - 2fσ²."""
+        dlog_alpha, dlog_sigma2 = self._derivatives(t)
+        return self.sigma2(t) * (dlog_sigma2 - 2.0 * dlog_alpha)
+
+    def g(self, t):
+        """Diffusion coefficient g(t)."""
+        return jnp.sqrt(self.g2(t))
+
+    def prior_sample(self, key, shape, dtype=jnp.float32):
+        """Draws x_1 from the N(0, prior_std² I) prior."""
+        return jax.random.normal(key, shape, dtype) * jnp.asarray(self.prior_std(), dtype)
+
+    def prior_logp(self, x):
+        """Log-density of the prior, summed over all but the leading (batch) axis."""
+        x = jnp.asarray(x)
+        s = self.prior_std()
+        d = math.prod(x.shape[1:])
+        sq = jnp.sum(jnp.square(x).reshape(x.shape[0], -1), axis=-1)
+        return -0.5 * sq / s**2 - 0.5 * d * (_LOG_2PI + 2.0 * math.log(s))
+
+    def marginal(self, t):
+        """(alpha(t), sigma(t)) of x_t | x_0."""
+        return self.alpha(t), self.sigma(t)
+
+
+def _check_finite(name: str, **values) -> dict:
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise ValueError(f"{name}: {k} must be a finite real number, got {v!r}")
+        out[k] = float(v)
+    return out
+
+
+def _check_t_eps(name: str, t_eps) -> float:
+    t_eps = _check_finite(name, t_eps=t_eps)["t_eps"]
+    if not 0.0 <= t_eps < 1.0:
+        raise ValueError(f"{name}: t_eps must be in [0, 1), got {t_eps:g}")
+    return t_eps
+
+
+@dataclasses.dataclass(frozen=True)
+class VP(Process):
+    """Variance preserving (score_sde VP-SDE): log α = -t²(βmax-βmin)/4 - tβmin/2, σ² = 1 - α²."""
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    t_eps: float = 1e-3
+    name = "vp"
+
+    def __post_init__(self):
+        v = _check_finite(self.name, beta_min=self.beta_min, beta_max=self.beta_max)
+        if not 0.0 < v["beta_min"] <= v["beta_max"]:
+            raise ValueError(
+                f"{self.name}: need 0 < beta_min <= beta_max, got "
+                f"beta_min={v['beta_min']:g}, beta_max={v['beta_max']:g}"
+            )
+        object.__setattr__(self, "beta_min", v["beta_min"])
+        object.__setattr__(self, "beta_max", v["beta_max"])
+        object.__setattr__(self, "t_eps", _check_t_eps(self.name, self.t_eps))
+
+    def log_alpha(self, t):
+        t = jnp.asarray(t)
+        return -0.25 * jnp.square(t) * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def log_sigma2(self, t):
+        return jnp.log(_one_minus_alpha2(self.log_alpha(t)))
+
+
+@dataclasses.dataclass(frozen=True)
+class SubVP(VP):
+    """Sub-VP: alpha as VP, σ = 1 - α²."""
+
+    name = "subvp"
+
+    def log_sigma2(self, t):
+        return 2.0 * jnp.log(_one_minus_alpha2(self.log_alpha(t)))
+
+
+@dataclasses.dataclass(frozen=True)
+class VE(Process):
+    """Variance exploding: α = 1, σ = σmin (σmax/σmin)^t. Prior N(0, σ(1)² I)."""
+
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    t_eps: float = 1e-5
+    name = "ve"
+
+    def __post_init__(self):
+        v = _check_finite(self.name, sigma_min=self.sigma_min, sigma_max=self.sigma_max)
+        if not 0.0 < v["sigma_min"] < v["sigma_max"]:
+            raise ValueError(
+                f"{self.name}: need 0 < sigma_min < sigma_max, got "
+                f"sigma_min={v['sigma_min']:g}, sigma_max={v['sigma_max']:g}"
+            )
+        object.__setattr__(self, "sigma_min", v["sigma_min"])
+        object.__setattr__(self, "sigma_max", v["sigma_max"])
+        object.__setattr__(self, "t_eps", _check_t_eps(self.name, self.t_eps))
+
+    def log_alpha(self, t):
+        return jnp.zeros_like(jnp.asarray(t, dtype=jnp.result_type(float)))
+
+    def log_sigma2(self, t):
+        t = jnp.asarray(t)
+        return 2.0 * (math.log(self.sigma_min) + t * math.log(self.sigma_max / self.sigma_min))
+
+    def prior_std(self) -> float:
+        return self.sigma_max
+
+
+@dataclasses.dataclass(frozen=True)
+class VDM(Process):
+    """Variational Diffusion Models: α² = sigmoid(-γ), σ² = sigmoid(γ), γ linear in t.
+
+    γ(t) = γmin + t(γmax - γmin) is the negative log-SNR; here g²/σ² = γ'(t).
+    """
+
+    gamma_min: float = -13.3
+    gamma_max: float = 5.0
+    t_eps: float = 0.0
+    name = "vdm"
+
+    def __post_init__(self):
+        v = _check_finite(self.name, gamma_min=self.gamma_min, gamma_max=self.gamma_max)
+        if not v["gamma_min"] < v["gamma_max"]:
+            raise ValueError(
+                f"{self.name}: need gamma_min < gamma_max, got "
+                f"gamma_min={v['gamma_min']:g}, gamma_max={v['gamma_max']:g}"
+            )
+        object.__setattr__(self, "gamma_min", v["gamma_min"])
+        object.__setattr__(self, "gamma_max", v["gamma_max"])
+        object.__setattr__(self, "t_eps", _check_t_eps(self.name, self.t_eps))
+
+    def gamma(self, t):
+        return self.gamma_min + jnp.asarray(t) * (self.gamma_max - self.gamma_min)
+
+    def log_alpha(self, t):
+        return -0.5 * jax.nn.softplus(self.gamma(t))
+
+    def log_sigma2(self, t):
+        return -jax.nn.softplus(-self.gamma(t))
+
+
+#: Name → process class. Explicit, no registration side effects.
+PROCESSES: dict[str, type[Process]] = {"vp": VP, "subvp": SubVP, "ve": VE, "vdm": VDM}
+
+
+def get(name: str, **params) -> Process:
+    """Returns the forward process called ``name`` (vp, subvp, ve, vdm).
+
+    Parameters: ``beta_min``, ``beta_max`` (vp, subvp); ``sigma_min``,
+    ``sigma_max`` (ve); ``gamma_min``, ``gamma_max`` (vdm); ``t_eps`` (all).
+
+    Raises:
+      ValueError: unknown name, unknown parameter or a value out of range.
+    """
+    if not isinstance(name, str) or name not in PROCESSES:
+        raise ValueError(f"unknown process {name!r}; choose one of {sorted(PROCESSES)}")
+    cls = PROCESSES[name]
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    extra = sorted(set(params) - allowed)
+    if extra:
+        raise ValueError(
+            f"process {name!r} got unexpected parameter(s) {extra}; it takes {sorted(allowed)}"
+        )
+    return cls(**params)
+
+
+def check_num_steps(num_steps) -> int:
+    """Returns num_steps as an int, or raises ValueError unless it is an integer ≥ 1."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    return int(num_steps)
+
+
+def time_grid(process: Process, num_steps: int):
+    """The grid shared by walks, training and samplers (SPEC §3).
+
+    .. math::  t_k = t_\\varepsilon + k\\Delta t, \\quad \\Delta t = (1 - t_\\varepsilon)/K,
+               \\quad k = 0, \\dots, K.
+
+    Returns:
+      (t_k as a float32 array of K + 1 times, Δt as a Python float).
+    """
+    num_steps = check_num_steps(num_steps)
+    dt = (1.0 - process.t_eps) / num_steps
+    t = process.t_eps + dt * np.arange(num_steps + 1, dtype=np.float64)
+    return jnp.asarray(t, jnp.float32), dt
