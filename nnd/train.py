@@ -1,0 +1,262 @@
+"""Training: state, the jitted train step, checkpoints and the loop.
+
+The train step is one module-level pure function ``(state, batch, key) ->
+(state, metrics)``, jitted once with shardings over a ``('data',)`` mesh of all
+devices (batch split along it, state replicated) and the state donated. Its
+loss is :func:`nnd.losses.objective` for the configured (q, p, K).
+
+Keys: the root key ``key(seed)`` has independent streams: stream 0 for
+initialisation, stream 2 for training (step s uses ``fold_in(stream, s)``),
+stream 3 for samples; data uses stream 1 (nnd.data).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from nnd import config as config_lib
+from nnd import data, losses, models
+
+__all__ = [
+    "TrainState",
+    "make_model",
+    "make_optimizer",
+    "init_state",
+    "train_step",
+    "make_mesh",
+    "train_and_evaluate",
+    "restore_latest",
+]
+
+_INIT_STREAM, _TRAIN_STREAM, _SAMPLE_STREAM = 0, 2, 3
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: dict
+    ema_params: dict
+    opt_state: optax.OptState
+
+
+def make_model(config) -> nn.Module:
+    if config.model.name == "mlp":
+        return models.MLP(hidden=config.model.hidden, depth=config.model.depth,
+                          embed_dim=config.model.embed_dim)
+    raise ValueError(f"config.model.name: unknown model {config.model.name!r}")
+
+
+def make_optimizer(config):
+    """(AdamW with linear warm-up then cosine decay after global-norm clipping, its schedule)."""
+    o = config.optim
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, o.learning_rate, max(o.warmup_steps, 1), max(config.train.num_steps, o.warmup_steps + 1),
+        end_value=0.1 * o.learning_rate,
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(o.grad_clip),
+        optax.adamw(schedule, weight_decay=o.weight_decay),
+    ), schedule
+
+
+def init_state(model, tx, key, example_x) -> TrainState:
+    t = jnp.zeros((example_x.shape[0],), jnp.float32)
+    params = model.init(key, example_x, t)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
+
+
+def train_step(state: TrainState, batch, key, *, model, tx, experiment, ema_decay: float):
+    """One optimiser step on the eq. (5) objective; returns (state, metrics)."""
+
+    def loss_fn(params):
+        eps_fn = lambda x, t: model.apply({"params": params}, x, t)  # noqa: E731
+        loss_B, t_B = losses.objective(
+            eps_fn, batch, key, process=experiment.process, q=experiment.q,
+            p=experiment.p, num_steps=experiment.num_steps,
+        )
+        return jnp.mean(loss_B), (loss_B, t_B)
+
+    (loss, (loss_B, t_B)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+    quartile_B = jnp.clip((t_B * 4).astype(jnp.int32), 0, 3)
+    by_quartile = jnp.stack([
+        jnp.sum(jnp.where(quartile_B == i, loss_B, 0.0)) / jnp.maximum(jnp.sum(quartile_B == i), 1)
+        for i in range(4)
+    ])
+    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+    metrics = {"loss": loss, "grad_norm": grad_norm, "loss_by_quartile": by_quartile}
+    return TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
+
+
+def make_mesh():
+    """A 1-D ('data',) mesh over all devices."""
+    return jax.make_mesh((jax.device_count(),), ("data",))
+
+
+def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, create=True)
+    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+                                 options=options)
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState):
+    """Restores the latest checkpoint into the shardings of ``abstract_state``, or None."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))
+    return restored["state"]
+
+
+def build(config, workdir: str):
+    """Everything a run needs: experiment, model, optimiser, mesh, jitted step, state."""
+    experiment = config_lib.resolve(config, num_devices=jax.device_count())
+    model = make_model(config)
+    tx, schedule = make_optimizer(config)
+    mesh = make_mesh()
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P("data"))
+    root = jax.random.key(config.seed)
+    example = data.toy_batch(config.data.name, config.seed, 0, config.data.batch_size)
+    init_fn = functools.partial(init_state, model, tx)
+    abstract = jax.eval_shape(init_fn, jax.random.fold_in(root, _INIT_STREAM), example)
+    state_sharding = jax.tree.map(lambda _: replicated, abstract)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
+    step_fn = jax.jit(
+        functools.partial(train_step, model=model, tx=tx, experiment=experiment,
+                          ema_decay=config.optim.ema_decay),
+        in_shardings=(state_sharding, batch_sharding, replicated),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=(0,),
+    )
+    manager = _checkpoint_manager(workdir, config)
+    state = restore_latest(manager, abstract)
+    if state is None:
+        state = jax.jit(init_fn, out_shardings=state_sharding)(
+            jax.random.fold_in(root, _INIT_STREAM), example)
+    return dict(experiment=experiment, model=model, schedule=schedule, mesh=mesh,
+                batch_sharding=batch_sharding, step_fn=step_fn, manager=manager,
+                state=state, root=root)
+
+
+def _write_jsonl(path: str, record: dict):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train_and_evaluate(config, workdir: str) -> TrainState:
+    """Trains from scratch or resumes from ``workdir/checkpoints``; returns the final state."""
+    os.makedirs(workdir, exist_ok=True)
+    run = build(config, workdir)
+    state, manager = run["state"], run["manager"]
+    start = int(state.step)
+    total = config.train.num_steps
+    if start:
+        logging.info("resumed from step %d in %s", start, workdir)
+    train_root = jax.random.fold_in(run["root"], _TRAIN_STREAM)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    pending = None  # metrics of the previous step, fetched one step late
+    t_last, step_last = time.time(), start
+
+    def report(step, metrics):
+        nonlocal t_last, step_last
+        host = jax.tree.map(np.asarray, metrics)
+        loss = float(host["loss"])
+        if not np.isfinite(loss) or not np.isfinite(float(host["grad_norm"])):
+            raise FloatingPointError(
+                f"step {step}: non-finite {'loss' if not np.isfinite(loss) else 'gradient norm'} "
+                f"(loss={loss}, grad_norm={float(host['grad_norm'])})")
+        now = time.time()
+        rate = (step - step_last) / max(now - t_last, 1e-9)
+        eta = (total - step) / max(rate, 1e-9)
+        record = {"step": step, "loss": loss, "grad_norm": float(host["grad_norm"]),
+                  "lr": float(run["schedule"](step)),
+                  "loss_by_quartile": [float(v) for v in host["loss_by_quartile"]],
+                  "steps_per_s": rate, "examples_per_s": rate * config.data.batch_size}
+        _write_jsonl(metrics_path, record)
+        logging.info("step %d/%d  loss %.4f  grad_norm %.3f  %.1f steps/s  ETA %.0fs",
+                     step, total, loss, record["grad_norm"], rate, eta)
+        t_last, step_last = now, step
+
+    for step in range(start, total):
+        batch = jax.device_put(
+            data.toy_batch(config.data.name, config.seed, step, config.data.batch_size),
+            run["batch_sharding"])
+        state, metrics = run["step_fn"](state, batch, jax.random.fold_in(train_root, step))
+        if pending is not None:
+            report(*pending)
+        pending = (step + 1, metrics) if (step + 1) % config.train.log_every == 0 or step + 1 == total else None
+        if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == total:
+            manager.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+    if pending is not None:
+        report(*pending)
+    manager.wait_until_finished()
+    return state
+
+
+def score_fn_from(model, params, process):
+    """s_θ(x, t) = -ε_θ(x, t) / σ(t) (SPEC §4)."""
+
+    def score_fn(x_BxD, t_B):
+        eps = model.apply({"params": params}, x_BxD, t_B)
+        shape = (-1,) + (1,) * (x_BxD.ndim - 1)
+        return -eps / process.sigma(t_B).reshape(shape).astype(eps.dtype)
+
+    return score_fn
+
+
+def sample(config, workdir: str):
+    """Restores the latest EMA parameters and draws ``sampling.num_samples`` by the reverse walk.
+
+    Writes ``workdir/samples.npz`` (array ``samples``) and ``workdir/samples.png``.
+    """
+    from nnd import walks  # noqa: PLC0415  (kept local: sampling-only dependency)
+
+    run = build(config, workdir)
+    if run["manager"].latest_step() is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
+    experiment = run["experiment"]
+    score_fn = score_fn_from(run["model"], run["state"].ema_params, experiment.process)
+    n = config.sampling.num_samples
+    key = jax.random.fold_in(run["root"], _SAMPLE_STREAM)
+    draw = jax.jit(lambda k: walks.reverse(
+        experiment.process, experiment.sampling_law, score_fn, k, (n, 2),
+        config.sampling.num_steps, denoise=config.sampling.denoise))
+    samples = np.asarray(draw(key))
+    np.savez(os.path.join(workdir, "samples.npz"), samples=samples)
+    _scatter_png(samples, os.path.join(workdir, "samples.png"),
+                 title=f"{config.data.name}: q={experiment.q}, p={experiment.p}, "
+                       f"sampled with {experiment.sampling_law}, K={config.sampling.num_steps}")
+    return samples
+
+
+def _scatter_png(x_Nx2, path: str, title: str):
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(x_Nx2[:, 0], x_Nx2[:, 1], s=2, alpha=0.5)
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
