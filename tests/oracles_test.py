@@ -1,0 +1,190 @@
+"""Tests for nnd.oracles: the exact Gaussian-mixture score of SPEC §6.
+
+The references are independent: scipy.stats.multivariate_normal log-densities of the
+noised mixture (means alpha μ_j, covariances alpha² Σ_j + sigma² I, with alpha and
+sigma written out here in numpy), central finite differences of that log-density
+for the score, jax.grad of the log-density, and Monte Carlo moments with
+standard-error tolerances for the sampler.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import special, stats
+
+from nnd import oracles, processes
+
+
+def ref_alpha_sigma(name, t):
+    """alpha(t), sigma(t) in float64 from the schedules' formulas (SPEC §1)."""
+    if name == "vp":
+        lmc = -0.25 * t**2 * 19.9 - 0.5 * t * 0.1
+        return math.exp(lmc), math.sqrt(-math.expm1(2 * lmc))
+    if name == "ve":
+        return 1.0, 0.01 * 5000.0**t
+    if name == "vdm":
+        gamma = -13.3 + t * 18.3
+        return math.sqrt(special.expit(-gamma)), math.sqrt(special.expit(gamma))
+    raise AssertionError(name)
+
+
+def ref_log_prob(x, t, name, weights, means, covs):
+    """log Σ_j w_j N(x; alpha μ_j, alpha² Σ_j + sigma² I) with scipy, float64."""
+    alpha, sigma = ref_alpha_sigma(name, t)
+    d = means.shape[1]
+    comps = [
+        math.log(w) + stats.multivariate_normal(alpha * mu, alpha**2 * cov + sigma**2 * np.eye(d)).logpdf(x)
+        for w, mu, cov in zip(weights, means, covs)
+    ]
+    return special.logsumexp(np.stack(comps, axis=-1), axis=-1)
+
+
+def ref_score(x, t, name, weights, means, covs, h=1e-5):
+    """Central finite differences of ref_log_prob (float64, error ~h² ≈ 1e-10)."""
+    out = np.zeros_like(x)
+    for i in range(x.shape[1]):
+        e = np.zeros(x.shape[1])
+        e[i] = h
+        out[:, i] = (ref_log_prob(x + e, t, name, weights, means, covs)
+                     - ref_log_prob(x - e, t, name, weights, means, covs)) / (2 * h)
+    return out
+
+
+def full_mixture():
+    """3 components in 3-D with full (non-diagonal) covariances."""
+    rng = np.random.default_rng(0)
+    weights = np.array([0.2, 0.5, 0.3])
+    means = rng.normal(size=(3, 3))
+    a = rng.normal(size=(3, 3, 3)) * 0.4
+    covs = np.einsum("jab,jcb->jac", a, a) + 0.05 * np.eye(3)
+    return weights, means, covs
+
+
+def gmm8_arrays():
+    g = oracles.gmm8()
+    return g.weights, g.means, g.covs
+
+
+MIXTURES = {"full": full_mixture, "gmm8": gmm8_arrays}
+CASES = [(m, name, t) for m in MIXTURES for name, t in
+         [("vp", 1e-3), ("vp", 0.1), ("vp", 0.5), ("vp", 1.0), ("ve", 0.3), ("vdm", 0.2)]]
+
+
+def _points(dim, n=16, seed=1):
+    return np.random.default_rng(seed).normal(size=(n, dim)) * 1.2
+
+
+@pytest.mark.parametrize("mixture, name, t", CASES)
+def test_log_prob_and_score_match_scipy(mixture, name, t):
+    weights, means, covs = MIXTURES[mixture]()
+    p = processes.get(name)
+    x = _points(means.shape[1])
+    logp_ref = ref_log_prob(x, t, name, weights, means, covs)
+    score_ref = ref_score(x, t, name, weights, means, covs)
+    t_B = jnp.full((len(x),), t, jnp.float32)
+    x32 = jnp.asarray(x, jnp.float32)
+    logp = np.asarray(oracles.gmm_log_prob(p, weights, means, covs)(x32, t_B))
+    score = np.asarray(oracles.gmm_score(p, weights, means, covs)(x32, t_B))
+    assert score.shape == x.shape and logp.shape == (len(x),)
+    # float32: a few ulps relative to the scale of the values
+    np.testing.assert_allclose(logp, logp_ref, rtol=1e-4, atol=1e-4 * np.abs(logp_ref).max())
+    np.testing.assert_allclose(score, score_ref, rtol=1e-3, atol=1e-4 * np.abs(score_ref).max())
+
+
+@pytest.mark.parametrize("mixture, name, t", CASES)
+def test_score_matches_scipy_float64(mixture, name, t):
+    """In float64 the oracle agrees with the finite-difference reference to ~1e-7."""
+    weights, means, covs = MIXTURES[mixture]()
+    x = _points(means.shape[1], seed=2)
+    score_ref = ref_score(x, t, name, weights, means, covs)
+    with jax.enable_x64(True):
+        p = processes.get(name)
+        t_B = jnp.full((len(x),), t, jnp.float64)
+        score = np.asarray(oracles.gmm_score(p, weights, means, covs)(jnp.asarray(x), t_B))
+    np.testing.assert_allclose(score, score_ref, rtol=1e-6, atol=1e-7 * np.abs(score_ref).max())
+
+
+@pytest.mark.parametrize("mixture", list(MIXTURES))
+@pytest.mark.parametrize("t", [1e-3, 0.3, 1.0])
+def test_score_is_grad_of_log_prob(mixture, t):
+    weights, means, covs = MIXTURES[mixture]()
+    p = processes.get("vp")
+    gmm = oracles._as_gmm(weights, means, covs)
+    assert gmm.diagonal == (mixture == "gmm8")
+    x = jnp.asarray(_points(means.shape[1], seed=3), jnp.float32)
+    t_B = jnp.full((x.shape[0],), t, jnp.float32)
+    log_prob = oracles.gmm_log_prob(p, gmm)
+    grad = jax.grad(lambda x: jnp.sum(log_prob(x, t_B)))(x)
+    score = oracles.gmm_score(p, gmm)(x, t_B)
+    np.testing.assert_allclose(np.asarray(score), np.asarray(grad), rtol=1e-4,
+                               atol=1e-5 * float(jnp.abs(grad).max()))
+    # jit path agrees with the eager one
+    np.testing.assert_allclose(np.asarray(jax.jit(oracles.gmm_score(p, gmm))(x, t_B)),
+                               np.asarray(score), rtol=1e-5, atol=1e-6 * float(jnp.abs(grad).max()))
+
+
+def test_gmm8_parameters():
+    g = oracles.gmm8()
+    np.testing.assert_array_equal(g.weights, np.full(8, 0.125))
+    j = np.arange(8)
+    np.testing.assert_allclose(g.means, np.stack([np.cos(2 * np.pi * j / 8),
+                                                  np.sin(2 * np.pi * j / 8)], 1), atol=1e-15)
+    np.testing.assert_allclose(g.covs, np.tile(0.01 * np.eye(2), (8, 1, 1)), rtol=1e-15)
+    assert g.dim == 2 and g.diagonal
+
+
+def test_sample_gmm8_moments():
+    g = oracles.gmm8()
+    n = 100_000
+    x = np.asarray(oracles.sample_gmm(jax.random.PRNGKey(0), g, n), np.float64)
+    assert x.shape == (n, 2)
+    # per-coordinate variance of gmm8 is ½ + 0.01; SE(mean) = √(0.51/n); 5 SE
+    assert np.all(np.abs(x.mean(0)) < 5 * math.sqrt(0.51 / n))
+    # blob width: d² = 0.01 χ²₂ has mean 0.02 and sd 0.02, so SE = 0.02/√n; 5 SE
+    d2 = np.min(np.sum((x[:, None] - g.means[None]) ** 2, -1), 1)
+    assert abs(d2.mean() - 0.02) < 5 * 0.02 / math.sqrt(n)
+    # each component gets its 1/8 share: binomial SE √(n·⅛·⅞)
+    counts = np.bincount(np.argmin(np.sum((x[:, None] - g.means[None]) ** 2, -1), 1), minlength=8)
+    assert np.all(np.abs(counts - n / 8) < 5 * math.sqrt(n * 7 / 64))
+    # typed keys, same key → same draws
+    a = oracles.sample_gmm(jax.random.key(1), g, 10)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(oracles.sample_gmm(jax.random.key(1), g, 10)))
+
+
+def test_sample_full_mixture_moments():
+    weights, means, covs = full_mixture()
+    gmm = oracles._as_gmm(weights, means, covs)
+    n = 100_000
+    x = np.asarray(oracles.sample_gmm(jax.random.PRNGKey(5), gmm, n), np.float64)
+    mean = weights @ means
+    cov = np.einsum("j,jab->ab", weights, covs + np.einsum("ja,jb->jab", means, means)) - np.outer(mean, mean)
+    assert np.all(np.abs(x.mean(0) - mean) < 5 * np.sqrt(np.diag(cov) / n))
+    xc = x - mean
+    prods = xc[:, :, None] * xc[:, None, :]
+    se = prods.std(0) / math.sqrt(n)  # SE of each sample covariance entry
+    assert np.all(np.abs(prods.mean(0) - cov) < 5 * se)
+
+
+@pytest.mark.parametrize(
+    "weights, means, covs",
+    [
+        ([0.5, 0.6], np.zeros((2, 2)), np.tile(np.eye(2), (2, 1, 1))),  # sum ≠ 1
+        ([1.5, -0.5], np.zeros((2, 2)), np.tile(np.eye(2), (2, 1, 1))),  # negative
+        ([0.5, 0.5], np.zeros((3, 2)), np.tile(np.eye(2), (2, 1, 1))),  # J mismatch
+        ([0.5, 0.5], np.zeros(2), np.tile(np.eye(2), (2, 1, 1))),  # means not [J, D]
+        ([[0.5, 0.5]], np.zeros((2, 2)), np.tile(np.eye(2), (2, 1, 1))),  # weights not [J]
+        ([0.5, 0.5], np.zeros((2, 2)), np.tile(np.eye(3), (2, 1, 1))),  # covs D mismatch
+        ([0.5, 0.5], np.zeros((2, 2)), np.ones((2, 2))),  # covs not [J, D, D]
+        ([0.5, 0.5], np.zeros((2, 2)), np.tile([[1.0, 0.5], [0.0, 1.0]], (2, 1, 1))),  # asymmetric
+        ([0.5, 0.5], np.zeros((2, 2)), np.tile([[1.0, 2.0], [2.0, 1.0]], (2, 1, 1))),  # not PSD
+    ],
+)
+def test_invalid_mixtures_raise(weights, means, covs):
+    p = processes.get("vp")
+    with pytest.raises(ValueError):
+        oracles.gmm_score(p, weights, means, covs)
+    with pytest.raises(ValueError):
+        oracles.gmm_log_prob(p, weights, means, covs)
