@@ -104,9 +104,10 @@ def train_step(state: TrainState, batch, key, *, model, tx, experiment, ema_deca
     return TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
 
 
-def make_mesh():
-    """A 1-D ('data',) mesh over all devices."""
-    return jax.make_mesh((jax.device_count(),), ("data",))
+def make_mesh(devices=None):
+    """A 1-D ('data',) mesh over ``devices`` (default: all devices)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.sharding.Mesh(np.asarray(devices), ("data",))
 
 
 def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
@@ -125,12 +126,16 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState):
     return restored["state"]
 
 
-def build(config, workdir: str):
-    """Everything a run needs: experiment, model, optimiser, mesh, jitted step, state."""
-    experiment = config_lib.resolve(config, num_devices=jax.device_count())
+def build(config, workdir: str, mesh=None):
+    """Everything a run needs: experiment, model, optimiser, mesh, jitted step, state.
+
+    The state is restored from ``workdir/checkpoints`` if a checkpoint is there,
+    else initialised; ``mesh`` defaults to all devices.
+    """
+    mesh = make_mesh() if mesh is None else mesh
+    experiment = config_lib.resolve(config, num_devices=mesh.size)
     model = make_model(config)
     tx, schedule = make_optimizer(config)
-    mesh = make_mesh()
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
     root = jax.random.key(config.seed)
@@ -162,10 +167,10 @@ def _write_jsonl(path: str, record: dict):
         f.write(json.dumps(record) + "\n")
 
 
-def train_and_evaluate(config, workdir: str) -> TrainState:
+def train_and_evaluate(config, workdir: str, mesh=None) -> TrainState:
     """Trains from scratch or resumes from ``workdir/checkpoints``; returns the final state."""
     os.makedirs(workdir, exist_ok=True)
-    run = build(config, workdir)
+    run = build(config, workdir, mesh)
     state, manager = run["state"], run["manager"]
     start = int(state.step)
     total = config.train.num_steps

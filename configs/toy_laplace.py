@@ -1,0 +1,18 @@
+"""Toy 2-D run, Laplace/Laplace (Table 1 L/L, corrected).
+
+Data: `gmm8` (8 Gaussians on the unit circle, std 0.1; exact score in nnd.oracles),
+or `--config.data.name=checkerboard|moons|swissroll`.
+
+Launch (2 CPU cores, about 2-3 minutes; then sample):
+  python -m nnd.main --config=configs/toy_laplace.py --workdir=runs/toy_laplace
+  python -m nnd.main --config=configs/toy_laplace.py --workdir=runs/toy_laplace --mode=sample
+"""
+
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.loss.q = "laplace"
+    config.loss.p = "laplace"
+    return config
