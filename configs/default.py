@@ -14,7 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0  # root PRNG seed; every other key is folded from it
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = "gmm8"  # gmm8 | checkerboard | moons | swissroll
+    config.data.name = "gmm8"  # gmm8 | checkerboard | moons | swissroll | digits | mnist | cifar10
     config.data.batch_size = 512  # global batch, divisible by the device count
 
     config.process = ml_collections.ConfigDict()
@@ -29,10 +29,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.num_steps = 100  # K: walk steps of eq. (5); the same grid samples
 
     config.model = ml_collections.ConfigDict()
-    config.model.name = "mlp"  # mlp (2-D data)
-    config.model.hidden = 256  # hidden width
-    config.model.depth = 3  # residual blocks
+    config.model.name = "mlp"  # mlp (2-D data) | vdm (VDM's U-Net without downsampling) | unet (DDPM++-style)
+    config.model.hidden = 256  # mlp: hidden width
+    config.model.depth = 3  # mlp: residual blocks
     config.model.embed_dim = 64  # time-embedding size
+    config.model.channels = 128  # vdm, unet: base width
+    config.model.num_blocks = 32  # vdm: residual blocks on the way down (and +1 up)
+    config.model.channel_mult = (1, 2, 2, 2)  # unet: width multiplier per resolution level
+    config.model.num_res_blocks = 2  # unet: residual blocks per level
+    config.model.attn_resolutions = (16,)  # unet: resolutions with self-attention
+    config.model.dropout = 0.1  # vdm, unet: dropout in residual blocks
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 2e-3  # peak AdamW learning rate
@@ -46,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.log_every = 200  # progress line and metrics every N steps
     config.train.checkpoint_every = 1000  # orbax save every N steps
     config.train.keep_checkpoints = 3  # keep the last M checkpoints
+    config.train.sample_every = 2000  # sample picture in WORKDIR/samples/ every N steps (0: never)
 
     config.sampling = ml_collections.ConfigDict()
     config.sampling.law = "q"  # q (default) | model (= p) | any law name

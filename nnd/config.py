@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from nnd import increments, losses, processes
+from nnd import data, increments, losses, processes
 
 __all__ = ["Experiment", "resolve", "DATASETS", "MODELS"]
 
 #: Dataset names the data module knows.
-DATASETS = ("gmm8", "checkerboard", "moons", "swissroll")
+DATASETS = data.DATASETS
 #: Model names the models module knows.
-MODELS = ("mlp",)
+MODELS = ("mlp", "vdm", "unet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,10 +92,18 @@ def resolve(config, num_devices: int = 1) -> Experiment:
         )
     if config.model.name not in MODELS:
         raise ValueError(f"config.model.name: unknown model {config.model.name!r}; choose one of {MODELS}")
+    is_toy = config.data.name in data.TOYS
+    if is_toy != (config.model.name == "mlp"):
+        raise ValueError(
+            f"config.model.name: {config.model.name!r} does not fit dataset {config.data.name!r}; "
+            "use 'mlp' for the 2-D toys and 'vdm' or 'unet' for images")
     for field in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
         value = config.train[field]
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"config.train.{field}: must be a positive integer, got {value!r}")
+    if not isinstance(config.train.sample_every, int) or config.train.sample_every < 0:
+        raise ValueError(f"config.train.sample_every: must be an integer >= 0, got "
+                         f"{config.train.sample_every!r}")
     if not 0.0 <= config.optim.ema_decay < 1.0:
         raise ValueError(f"config.optim.ema_decay: must be in [0, 1), got {config.optim.ema_decay}")
     return Experiment(process, q, p, sampling_law, num_steps)

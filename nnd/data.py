@@ -1,7 +1,17 @@
-"""Training data. For now the 2-D toys, drawn fresh from a key for every step.
+"""Training data: 2-D toys and quantised images, as a pure function of the step.
 
-A toy batch is a pure function of (seed, step), so a resumed run sees exactly
-the batches an uninterrupted run would have seen, with no iterator to save.
+Every batch is a pure function of (seed, step, process index), so the data
+position saved with a checkpoint is the step itself and a resumed run sees
+exactly the batches an uninterrupted run would have seen.
+
+Images (``cifar10``, ``mnist`` through ``tfds.data_source``, no TensorFlow at
+train time; ``digits``, scikit-learn's bundled 8×8 handwritten digits, no
+download) go through a grain ``MapDataset``: shuffle (a new permutation each
+epoch), this host's shard, uniform dequantisation of the L levels
+``z = 2(n + U)/L - 1`` into [-1, 1], a random horizontal flip for CIFAR-10,
+then batching. ``dataset[step]`` is the host-local batch of that step.
+
+Toys (2-D, drawn fresh from a key):
 
 - ``gmm8``: 8 Gaussians on the unit circle, std 0.1 (SPEC §6; exact score known).
 - ``checkerboard``: uniform on the black squares of a 4×4 board on [-2, 2]².
@@ -11,12 +21,16 @@ the batches an uninterrupted run would have seen, with no iterator to save.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nnd import oracles
 
-__all__ = ["toy_batch", "TOYS"]
+__all__ = ["toy_batch", "TOYS", "IMAGES", "ImageSpec", "image_source", "image_dataset",
+           "dequantize", "Batches", "make_batches", "DATASETS"]
 
 # The root seed feeds several independent streams; data draws from this one.
 _DATA_STREAM = 1
@@ -65,3 +79,124 @@ def toy_batch(name: str, seed: int, step: int, batch_size: int):
     data_root = jax.random.fold_in(jax.random.key(seed), _DATA_STREAM)
     key = jax.random.fold_in(data_root, step)
     return TOYS[name](key, batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSpec:
+    """A quantised image dataset: tfds name (None if embedded), shape, levels L, flips."""
+
+    tfds_name: str | None
+    shape: tuple[int, int, int]
+    num_levels: int
+    flip: bool
+
+
+IMAGES = {
+    "cifar10": ImageSpec("cifar10", (32, 32, 3), 256, True),
+    "mnist": ImageSpec("mnist", (28, 28, 1), 256, False),
+    "digits": ImageSpec(None, (8, 8, 1), 17, False),
+}
+
+#: Every dataset name a config may use.
+DATASETS = tuple(TOYS) + tuple(IMAGES)
+
+_DIGITS_TEST_FRACTION = 0.2
+
+
+class DigitsSource:
+    """scikit-learn's 1797 bundled 8×8 digits (levels 0..16) as a random-access source.
+
+    A fixed permutation (seed 0) puts 80% in ``train`` and 20% in ``test``.
+    """
+
+    def __init__(self, split: str):
+        from sklearn import datasets  # noqa: PLC0415  (only this dataset needs it)
+
+        if split not in ("train", "test"):
+            raise ValueError(f"digits has splits 'train' and 'test', got {split!r}")
+        images = datasets.load_digits().images.astype(np.uint8)[..., None]
+        order = np.random.default_rng(0).permutation(len(images))
+        n_test = int(round(_DIGITS_TEST_FRACTION * len(images)))
+        idx = order[n_test:] if split == "train" else order[:n_test]
+        self._images = images[np.sort(idx)]
+
+    def __len__(self):
+        return len(self._images)
+
+    def __getitem__(self, i):
+        return {"image": self._images[i]}
+
+
+def image_source(name: str, split: str):
+    """Random-access source of {'image': uint8 [H, W, C]} records."""
+    if name not in IMAGES:
+        raise ValueError(f"unknown image dataset {name!r}; choose one of {sorted(IMAGES)}")
+    spec = IMAGES[name]
+    if spec.tfds_name is None:
+        return DigitsSource(split)
+    import tensorflow_datasets as tfds  # noqa: PLC0415
+
+    return tfds.data_source(spec.tfds_name, split=split)
+
+
+def dequantize(n, u, num_levels: int):
+    """z = 2(n + u)/L - 1: integer levels n ∈ {0..L-1} plus uniform u ∈ [0, 1) into [-1, 1]."""
+    return (2.0 * (np.asarray(n, np.float32) + u) / num_levels - 1.0).astype(np.float32)
+
+
+def image_dataset(name: str, split: str, *, seed: int, global_batch: int,
+                  process_index: int = 0, process_count: int = 1, source=None):
+    """grain MapDataset whose item ``step`` is this host's batch [B/processes, H, W, C]."""
+    import grain  # noqa: PLC0415
+
+    spec = IMAGES[name]
+    if global_batch % process_count:
+        raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+    source = image_source(name, split) if source is None else source
+
+    def transform(record, rng):
+        image = np.asarray(record["image"]).reshape(spec.shape)
+        x = dequantize(image, rng.random(image.shape, dtype=np.float32), spec.num_levels)
+        if spec.flip and rng.random() < 0.5:
+            x = x[:, ::-1, :]
+        return x
+
+    ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+    ds = ds[process_index::process_count]
+    ds = ds.random_map(transform, seed=seed + 1)
+    return ds.batch(global_batch // process_count, drop_remainder=True)
+
+
+class Batches:
+    """``batches(step)`` is this host's numpy batch of that step; ``shape`` one example's shape."""
+
+    def __init__(self, name: str, seed: int, global_batch: int, *, split: str = "train",
+                 process_index: int | None = None, process_count: int | None = None):
+        self.name, self.seed, self.global_batch = name, seed, global_batch
+        self.process_index = jax.process_index() if process_index is None else process_index
+        self.process_count = jax.process_count() if process_count is None else process_count
+        if global_batch % self.process_count:
+            raise ValueError(f"global batch {global_batch} is not divisible by "
+                             f"{self.process_count} processes")
+        self.local_batch = global_batch // self.process_count
+        if name in TOYS:
+            self.shape, self.num_levels, self._images = (2,), None, None
+        elif name in IMAGES:
+            spec = IMAGES[name]
+            self.shape, self.num_levels = spec.shape, spec.num_levels
+            self._images = image_dataset(
+                name, split, seed=seed, global_batch=global_batch,
+                process_index=self.process_index, process_count=self.process_count)
+        else:
+            raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+
+    def __call__(self, step: int) -> np.ndarray:
+        if self._images is not None:
+            return np.asarray(self._images[step])
+        full = np.asarray(toy_batch(self.name, self.seed, step, self.global_batch))
+        lo = self.process_index * self.local_batch
+        return full[lo:lo + self.local_batch]
+
+
+def make_batches(config, split: str = "train") -> Batches:
+    return Batches(config.data.name, config.seed, config.data.batch_size, split=split)

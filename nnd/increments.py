@@ -97,6 +97,13 @@ class Law:
         return f"{self.name}({args})" if args else self.name
 
 
+def _draw_dtype(dtype):
+    """Dtype to draw in: float32 for 16-bit floats, whose jax.random uniforms keep
+    only 8 bits (bfloat16 logistic draws then hit ±48 with probability 1/128 and
+    bfloat16 uniform/Gaussian draws are biased); the result is cast back once."""
+    return jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
+
+
 def _symmetric_mean_abs_shift(cdf: Callable, tail_moment: Callable, u):
     """E|z + u| = |u|(2F(|u|) - 1) + 2 ∫_{|u|}^∞ z q(z) dz for symmetric q (SPEC §4)."""
     a = jnp.abs(u)
@@ -111,7 +118,7 @@ class Gaussian(Law):
     log_tail_power = 2.0
 
     def sample(self, key, shape, dtype=jnp.float32):
-        return jax.random.normal(key, shape, dtype)
+        return jax.random.normal(key, shape, _draw_dtype(dtype)).astype(dtype)
 
     def log_prob(self, x):
         x = jnp.asarray(x)
@@ -145,7 +152,8 @@ class Laplace(Law):
         return 1.0 / _SQRT2
 
     def sample(self, key, shape, dtype=jnp.float32):
-        return jax.random.laplace(key, shape, dtype) * jnp.asarray(self.scale, dtype)
+        z = jax.random.laplace(key, shape, _draw_dtype(dtype)) * self.scale
+        return z.astype(dtype)
 
     def log_prob(self, x):
         b = self.scale
@@ -183,13 +191,16 @@ class Uniform(Law):
 
     def sample(self, key, shape, dtype=jnp.float32):
         a = self.half_width
-        return jax.random.uniform(key, shape, dtype, minval=-a, maxval=a)
+        z = jax.random.uniform(key, shape, _draw_dtype(dtype), minval=-a, maxval=a)
+        return z.astype(dtype)
 
     def log_prob(self, x):
         a = self.half_width
         x = jnp.asarray(x)
+        dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
         inside = jnp.abs(x) <= a
-        return jnp.where(inside, -math.log(2.0 * a), -jnp.inf)
+        return jnp.where(inside, jnp.asarray(-math.log(2.0 * a), dtype),
+                         jnp.asarray(-jnp.inf, dtype))
 
     def entropy(self):
         return jnp.asarray(math.log(2.0 * self.half_width))
@@ -219,7 +230,8 @@ class Logistic(Law):
         return _SQRT3 / math.pi
 
     def sample(self, key, shape, dtype=jnp.float32):
-        return jax.random.logistic(key, shape, dtype) * jnp.asarray(self.scale, dtype)
+        z = jax.random.logistic(key, shape, _draw_dtype(dtype)) * self.scale
+        return z.astype(dtype)
 
     def log_prob(self, x):
         s = self.scale
@@ -288,7 +300,8 @@ class StudentT(Law):
         return math.sqrt((self.df - 2.0) / self.df)
 
     def sample(self, key, shape, dtype=jnp.float32):
-        return jax.random.t(key, self.df, shape, dtype) * jnp.asarray(self.scale, dtype)
+        z = jax.random.t(key, self.df, shape, _draw_dtype(dtype)) * self.scale
+        return z.astype(dtype)
 
     def _log_norm(self) -> float:
         nu = self.df
@@ -367,9 +380,11 @@ class GenNorm(Law):
         # |z|/α ~ Gamma(1/β)^(1/β) with a random sign.
         k_gamma, k_sign = jax.random.split(key)
         b = self.beta
-        g = jax.random.gamma(k_gamma, 1.0 / b, shape, dtype)
-        sign = jnp.where(jax.random.bernoulli(k_sign, 0.5, shape), 1.0, -1.0).astype(dtype)
-        return sign * jnp.asarray(self.scale, dtype) * g ** jnp.asarray(1.0 / b, dtype)
+        work = _draw_dtype(dtype)
+        g = jax.random.gamma(k_gamma, 1.0 / b, shape, work)
+        sign = jnp.where(jax.random.bernoulli(k_sign, 0.5, shape), 1.0, -1.0).astype(work)
+        z = sign * jnp.asarray(self.scale, work) * g ** jnp.asarray(1.0 / b, work)
+        return z.astype(dtype)
 
     def log_prob(self, x):
         return self._log_norm() - (jnp.abs(jnp.asarray(x)) / self.scale) ** self.beta

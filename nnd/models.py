@@ -15,9 +15,10 @@ import math
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-__all__ = ["sinusoidal_embedding", "MLP"]
+__all__ = ["sinusoidal_embedding", "MLP", "ResBlock", "AttnBlock", "VDMNet", "UNet"]
 
 
 def sinusoidal_embedding(t_B, dim: int, max_period: float = 1e4):
@@ -44,7 +45,8 @@ class MLP(nn.Module):
     embed_dim: int = 64
 
     @nn.compact
-    def __call__(self, x_BxD, t_B):
+    def __call__(self, x_BxD, t_B, train: bool = False):
+        del train  # no dropout in the MLP
         emb = sinusoidal_embedding(t_B, self.embed_dim)
         emb = nn.Dense(self.hidden)(nn.silu(nn.Dense(self.hidden)(emb)))
         h = nn.Dense(self.hidden)(x_BxD)
@@ -55,3 +57,119 @@ class MLP(nn.Module):
             h = h + r
         out = nn.Dense(x_BxD.shape[-1], kernel_init=nn.initializers.zeros)(nn.silu(h))
         return out
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with up to 32 groups that divide ``channels``."""
+    groups = max(g for g in range(1, min(32, channels) + 1) if channels % g == 0)
+    return nn.GroupNorm(num_groups=groups)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm → SiLU → conv, plus the time embedding, twice; residual (1×1 if widths differ)."""
+
+    channels: int
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, h_BxHxWxC, emb_BxE, train: bool = False):
+        r = nn.Conv(self.channels, (3, 3))(nn.silu(_group_norm(h_BxHxWxC.shape[-1])(h_BxHxWxC)))
+        r = r + nn.Dense(self.channels)(nn.silu(emb_BxE))[:, None, None, :]
+        r = nn.silu(_group_norm(self.channels)(r))
+        r = nn.Dropout(self.dropout, deterministic=not train)(r)
+        r = nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros)(r)
+        if h_BxHxWxC.shape[-1] != self.channels:
+            h_BxHxWxC = nn.Conv(self.channels, (1, 1))(h_BxHxWxC)
+        return h_BxHxWxC + r
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the spatial positions, residual."""
+
+    @nn.compact
+    def __call__(self, h_BxHxWxC):
+        b, hh, ww, c = h_BxHxWxC.shape
+        x = _group_norm(c)(h_BxHxWxC).reshape(b, hh * ww, c)
+        x = nn.SelfAttention(num_heads=1, qkv_features=c, out_kernel_init=nn.initializers.zeros)(x)
+        return h_BxHxWxC + x.reshape(b, hh, ww, c)
+
+
+class VDMNet(nn.Module):
+    """VDM's CIFAR-10 score network shape: a U-Net without downsampling.
+
+    ``num_blocks`` residual blocks at full resolution whose outputs are kept,
+    an attention block in the middle, then ``num_blocks + 1`` blocks that each
+    take one kept activation as a skip (Kingma et al. 2021 used 32 blocks of
+    width 128 on CIFAR-10).
+    """
+
+    channels: int = 128
+    num_blocks: int = 32
+    embed_dim: int = 128
+    dropout: float = 0.1
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC, t_B, train: bool = False):
+        emb = sinusoidal_embedding(t_B, self.embed_dim)
+        emb = nn.Dense(4 * self.embed_dim)(nn.silu(nn.Dense(4 * self.embed_dim)(emb)))
+        h = nn.Conv(self.channels, (3, 3))(x_BxHxWxC)
+        skips = [h]
+        for _ in range(self.num_blocks):
+            h = ResBlock(self.channels, self.dropout)(h, emb, train)
+            skips.append(h)
+        h = ResBlock(self.channels, self.dropout)(h, emb, train)
+        h = AttnBlock()(h)
+        h = ResBlock(self.channels, self.dropout)(h, emb, train)
+        for _ in range(self.num_blocks + 1):
+            h = ResBlock(self.channels, self.dropout)(jnp.concatenate([h, skips.pop()], -1), emb, train)
+        h = nn.silu(_group_norm(self.channels)(h))
+        return nn.Conv(x_BxHxWxC.shape[-1], (3, 3), kernel_init=nn.initializers.zeros)(h)
+
+
+class UNet(nn.Module):
+    """A DDPM++-style U-Net: residual blocks at each resolution, attention at chosen ones.
+
+    Attributes:
+      channels: base width; level i has ``channels * channel_mult[i]``.
+      channel_mult: width multipliers, one level per entry (each but the last halves H, W).
+      num_res_blocks: residual blocks per level.
+      attn_resolutions: spatial sizes (H) that get a self-attention block.
+    """
+
+    channels: int = 128
+    channel_mult: Sequence[int] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: Sequence[int] = (16,)
+    embed_dim: int = 128
+    dropout: float = 0.1
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC, t_B, train: bool = False):
+        emb = sinusoidal_embedding(t_B, self.embed_dim)
+        emb = nn.Dense(4 * self.embed_dim)(nn.silu(nn.Dense(4 * self.embed_dim)(emb)))
+        h = nn.Conv(self.channels, (3, 3))(x_BxHxWxC)
+        skips = [h]
+        for level, mult in enumerate(self.channel_mult):
+            for _ in range(self.num_res_blocks):
+                h = ResBlock(self.channels * mult, self.dropout)(h, emb, train)
+                if h.shape[1] in self.attn_resolutions:
+                    h = AttnBlock()(h)
+                skips.append(h)
+            if level != len(self.channel_mult) - 1:
+                h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2))(h)
+                skips.append(h)
+        h = ResBlock(h.shape[-1], self.dropout)(h, emb, train)
+        h = AttnBlock()(h)
+        h = ResBlock(h.shape[-1], self.dropout)(h, emb, train)
+        for level, mult in reversed(list(enumerate(self.channel_mult))):
+            for _ in range(self.num_res_blocks + 1):
+                h = ResBlock(self.channels * mult, self.dropout)(
+                    jnp.concatenate([h, skips.pop()], -1), emb, train)
+                if h.shape[1] in self.attn_resolutions:
+                    h = AttnBlock()(h)
+            if level != 0:
+                b, hh, ww, c = h.shape
+                h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest")
+                h = nn.Conv(c, (3, 3))(h)
+        h = nn.silu(_group_norm(self.channels)(h))
+        return nn.Conv(x_BxHxWxC.shape[-1], (3, 3), kernel_init=nn.initializers.zeros)(h)

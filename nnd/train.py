@@ -53,10 +53,18 @@ class TrainState:
 
 
 def make_model(config) -> nn.Module:
-    if config.model.name == "mlp":
-        return models.MLP(hidden=config.model.hidden, depth=config.model.depth,
-                          embed_dim=config.model.embed_dim)
-    raise ValueError(f"config.model.name: unknown model {config.model.name!r}")
+    m = config.model
+    if m.name == "mlp":
+        return models.MLP(hidden=m.hidden, depth=m.depth, embed_dim=m.embed_dim)
+    if m.name == "vdm":
+        return models.VDMNet(channels=m.channels, num_blocks=m.num_blocks,
+                             embed_dim=m.embed_dim, dropout=m.dropout)
+    if m.name == "unet":
+        return models.UNet(channels=m.channels, channel_mult=tuple(m.channel_mult),
+                           num_res_blocks=m.num_res_blocks,
+                           attn_resolutions=tuple(m.attn_resolutions),
+                           embed_dim=m.embed_dim, dropout=m.dropout)
+    raise ValueError(f"config.model.name: unknown model {m.name!r}")
 
 
 def make_optimizer(config):
@@ -82,10 +90,14 @@ def init_state(model, tx, key, example_x) -> TrainState:
 def train_step(state: TrainState, batch, key, *, model, tx, experiment, ema_decay: float):
     """One optimiser step on the eq. (5) objective; returns (state, metrics)."""
 
+    key_loss, key_dropout = jax.random.split(key)
+
     def loss_fn(params):
-        eps_fn = lambda x, t: model.apply({"params": params}, x, t)  # noqa: E731
+        def eps_fn(x, t):
+            return model.apply({"params": params}, x, t, train=True, rngs={"dropout": key_dropout})
+
         loss_B, t_B = losses.objective(
-            eps_fn, batch, key, process=experiment.process, q=experiment.q,
+            eps_fn, batch, key_loss, process=experiment.process, q=experiment.q,
             p=experiment.p, num_steps=experiment.num_steps,
         )
         return jnp.mean(loss_B), (loss_B, t_B)
@@ -139,7 +151,8 @@ def build(config, workdir: str, mesh=None):
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
     root = jax.random.key(config.seed)
-    example = data.toy_batch(config.data.name, config.seed, 0, config.data.batch_size)
+    batches = data.make_batches(config)
+    example = jnp.zeros((batches.local_batch,) + batches.shape, jnp.float32)
     init_fn = functools.partial(init_state, model, tx)
     abstract = jax.eval_shape(init_fn, jax.random.fold_in(root, _INIT_STREAM), example)
     state_sharding = jax.tree.map(lambda _: replicated, abstract)
@@ -159,7 +172,18 @@ def build(config, workdir: str, mesh=None):
             jax.random.fold_in(root, _INIT_STREAM), example)
     return dict(experiment=experiment, model=model, schedule=schedule, mesh=mesh,
                 batch_sharding=batch_sharding, step_fn=step_fn, manager=manager,
-                state=state, root=root)
+                state=state, root=root, batches=batches)
+
+
+def _progress_picture(run, config, state, step: int, workdir: str):
+    """Samples from the current EMA parameters, saved as ``workdir/samples/step_<N>.png``."""
+    n = 1000 if len(run["batches"].shape) == 1 else 64
+    key = jax.random.fold_in(jax.random.fold_in(run["root"], _SAMPLE_STREAM), step)
+    samples = draw_samples(run, config, state.ema_params, n, key)
+    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+    path = os.path.join(workdir, "samples", f"step_{step}.png")
+    save_picture(run, config, samples, path)
+    logging.info("step %d: sample picture %s", step, path)
 
 
 def _write_jsonl(path: str, record: dict):
@@ -202,15 +226,15 @@ def train_and_evaluate(config, workdir: str, mesh=None) -> TrainState:
         t_last, step_last = now, step
 
     for step in range(start, total):
-        batch = jax.device_put(
-            data.toy_batch(config.data.name, config.seed, step, config.data.batch_size),
-            run["batch_sharding"])
+        batch = jax.make_array_from_process_local_data(run["batch_sharding"], run["batches"](step))
         state, metrics = run["step_fn"](state, batch, jax.random.fold_in(train_root, step))
         if pending is not None:
             report(*pending)
         pending = (step + 1, metrics) if (step + 1) % config.train.log_every == 0 or step + 1 == total else None
         if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == total:
             manager.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+        if config.train.sample_every and (step + 1) % config.train.sample_every == 0:
+            _progress_picture(run, config, state, step + 1, workdir)
     if pending is not None:
         report(*pending)
     manager.wait_until_finished()
@@ -228,28 +252,41 @@ def score_fn_from(model, params, process):
     return score_fn
 
 
+def draw_samples(run, config, params, num_samples: int, key):
+    """Reverse-walk samples [N, ...] from ``params`` with the configured sampling law."""
+    from nnd import walks  # noqa: PLC0415  (kept local: sampling-only dependency)
+
+    experiment = run["experiment"]
+    score_fn = score_fn_from(run["model"], params, experiment.process)
+    shape = (num_samples,) + run["batches"].shape
+    draw = jax.jit(lambda k: walks.reverse(
+        experiment.process, experiment.sampling_law, score_fn, k, shape,
+        config.sampling.num_steps, denoise=config.sampling.denoise))
+    return np.asarray(draw(key))
+
+
+def save_picture(run, config, samples, path: str):
+    """A scatter plot (2-D data) or an image grid of ``samples``."""
+    experiment = run["experiment"]
+    title = (f"{config.data.name}: q={experiment.q}, p={experiment.p}, "
+             f"sampled with {experiment.sampling_law}, K={config.sampling.num_steps}")
+    picture = _scatter_png if samples.ndim == 2 else _grid_png
+    picture(samples, path, title=title)
+
+
 def sample(config, workdir: str):
     """Restores the latest EMA parameters and draws ``sampling.num_samples`` by the reverse walk.
 
-    Writes ``workdir/samples.npz`` (array ``samples``) and ``workdir/samples.png``.
+    Writes ``workdir/samples.npz`` (array ``samples``, in the data space of the
+    training batches) and ``workdir/samples.png``.
     """
-    from nnd import walks  # noqa: PLC0415  (kept local: sampling-only dependency)
-
     run = build(config, workdir)
     if run["manager"].latest_step() is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
-    experiment = run["experiment"]
-    score_fn = score_fn_from(run["model"], run["state"].ema_params, experiment.process)
-    n = config.sampling.num_samples
     key = jax.random.fold_in(run["root"], _SAMPLE_STREAM)
-    draw = jax.jit(lambda k: walks.reverse(
-        experiment.process, experiment.sampling_law, score_fn, k, (n, 2),
-        config.sampling.num_steps, denoise=config.sampling.denoise))
-    samples = np.asarray(draw(key))
+    samples = draw_samples(run, config, run["state"].ema_params, config.sampling.num_samples, key)
     np.savez(os.path.join(workdir, "samples.npz"), samples=samples)
-    _scatter_png(samples, os.path.join(workdir, "samples.png"),
-                 title=f"{config.data.name}: q={experiment.q}, p={experiment.p}, "
-                       f"sampled with {experiment.sampling_law}, K={config.sampling.num_steps}")
+    save_picture(run, config, samples, os.path.join(workdir, "samples.png"))
     return samples
 
 
@@ -262,6 +299,30 @@ def _scatter_png(x_Nx2, path: str, title: str):
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.scatter(x_Nx2[:, 0], x_Nx2[:, 1], s=2, alpha=0.5)
     ax.set_aspect("equal")
+    ax.set_title(title, fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _grid_png(x_NxHxWxC, path: str, title: str, max_images: int = 64):
+    """A square grid of images in [-1, 1]."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    x = np.clip((np.asarray(x_NxHxWxC[:max_images]) + 1.0) / 2.0, 0.0, 1.0)
+    n, h, w, c = x.shape
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c), np.float32)
+    for i in range(n):
+        r, col = divmod(i, cols)
+        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + col * (w + 1):1 + col * (w + 1) + w] = x[i]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None,
+              interpolation="nearest")
+    ax.axis("off")
     ax.set_title(title, fontsize=8)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

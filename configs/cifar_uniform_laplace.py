@@ -1,0 +1,13 @@
+"""CIFAR-10, Table 2 row q/p = uniform/laplace.
+
+Launch:
+  python -m nnd.main --config=configs/cifar_uniform_laplace.py --workdir=runs/cifar_uniform_laplace
+Target hardware: Cloud TPU v4-8 or 8 GPUs (data parallel); one CPU core cannot train it.
+Expected time: not yet measured (the benchmark of issue 5 will give steps/s); VDM trained 10M steps.
+"""
+
+from configs import images
+
+
+def get_config():
+    return images.cifar("uniform_laplace")

@@ -1,0 +1,13 @@
+"""the bundled 8x8 digits, Table 2 row q/p = laplace/laplace.
+
+Launch:
+  python -m nnd.main --config=configs/digits_laplace.py --workdir=runs/digits_laplace
+Target hardware: 2 CPU cores.
+Expected time: a few minutes for 3000 steps (see README).
+"""
+
+from configs import images
+
+
+def get_config():
+    return images.digits("laplace")

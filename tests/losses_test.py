@@ -1,0 +1,417 @@
+"""Tests for nnd.losses: the shift KL ℓ_{q,p}(u) of Table 1 and the loss of eq. (5) (SPEC §4).
+
+The reference for ℓ(u) = KL(q(· - u) ‖ p) = ∫ q(z) [log q(z) - log p(z + u)] dz is
+``scipy.integrate.quad`` over scipy.stats densities in float64, split at q's support ends
+and at the kinks of the integrand (z = 0 and z = -u), accurate to ~1e-10. Closed forms are
+checked in float64 (under ``jax.enable_x64(True)``) and float32; the quadrature fallback
+in float32, the dtype users get. The corrected constants of SPEC §8 are checked against
+their exact expressions, and ``step_loss``/``objective`` against hand computations in numpy.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+from nnd import increments, losses, processes
+
+SQRT2, SQRT3 = math.sqrt(2.0), math.sqrt(3.0)
+B = 1.0 / SQRT2  # Laplace scale
+A = SQRT3  # uniform half-width
+
+def _gennorm_scale(beta):
+    return math.sqrt(math.gamma(1.0 / beta) / math.gamma(3.0 / beta))
+
+
+def law_pair(spec):
+    """(nnd law, frozen scipy.stats law) for 'gaussian', 'student_t:5', 'gennorm:1.5', ..."""
+    name, _, param = spec.partition(":")
+    if name == "gaussian":
+        return increments.get(name), stats.norm()
+    if name == "laplace":
+        return increments.get(name), stats.laplace(scale=B)
+    if name == "uniform":
+        return increments.get(name), stats.uniform(loc=-A, scale=2.0 * A)
+    if name == "logistic":
+        return increments.get(name), stats.logistic(scale=SQRT3 / math.pi)
+    if name == "student_t":
+        df = float(param)
+        return increments.get(name, df=df), stats.t(df, scale=math.sqrt((df - 2.0) / df))
+    if name == "gennorm":
+        beta = float(param)
+        return increments.get(name, beta=beta), stats.gennorm(beta, scale=_gennorm_scale(beta))
+    raise AssertionError(spec)
+
+
+def scipy_shift_kl(q_spec, p_spec, u):
+    """ℓ(u) = ∫ q(z) [log q(z) - log p(z + u)] dz by quad in float64, split at the kinks."""
+    _, q = law_pair(q_spec)
+    _, p = law_pair(p_spec)
+    # Against a Laplace p the range is cut at ±500: scipy 1.17's laplace.logpdf is
+    # log(pdf), -inf past |z| ≈ 527, while q's mass beyond 500 adds < 1e-10 to ℓ (the
+    # heaviest q, student_t df=5, has q ~ 13|z|^-6 and the integrand ~ |z|^-5 there).
+    cut = 500.0 if p_spec == "laplace" else np.inf
+    lo, hi = (-A, A) if q_spec == "uniform" else (-cut, cut)
+
+    def integrand(z):
+        log_q = q.logpdf(z)
+        if log_q < -700.0:  # q(z) underflows: no mass (avoids 0 · inf)
+            return 0.0
+        return math.exp(log_q) * (log_q - p.logpdf(z + u))
+
+    edges = [lo] + sorted(x for x in {0.0, -u} if lo < x < hi) + [hi]
+    return sum(
+        integrate.quad(integrand, a, b, epsabs=1e-13, epsrel=1e-12, limit=200)[0]
+        for a, b in zip(edges[:-1], edges[1:])
+    )
+
+
+# ≥ 8 shifts, both signs, tiny and large; |u| > √3 = 1.73 leaves the uniform's support.
+SHIFTS = np.array([-3.0, -1.9, -0.7, -0.01, 0.0, 0.01, 0.3, 1.0, 1.8, 2.5])
+
+
+@functools.lru_cache(maxsize=None)
+def reference(q_spec, p_spec):
+    """scipy_shift_kl at every one of SHIFTS (cached: several tests share it)."""
+    return np.array([scipy_shift_kl(q_spec, p_spec, u) for u in SHIFTS])
+
+CLOSED_PAIRS = [
+    ("gaussian", "gaussian"),
+    ("laplace", "laplace"),
+    ("uniform", "gaussian"),
+    ("uniform", "laplace"),
+    ("logistic", "gaussian"),
+    ("student_t:5", "gaussian"),
+    ("gaussian", "laplace"),
+    ("logistic", "laplace"),
+    ("student_t:5", "laplace"),
+    ("gennorm:1.5", "laplace"),
+]
+QUADRATURE_PAIRS = [
+    ("logistic", "laplace"),
+    ("student_t:5", "gaussian"),
+    ("laplace", "logistic"),
+    ("gennorm:1.5", "laplace"),
+    # no closed form at all:
+    ("gaussian", "logistic"),
+    ("uniform", "logistic"),
+    ("student_t:10", "gennorm:1.5"),
+]
+
+
+def _pair_id(pair):
+    return "/".join(pair)
+
+
+def _laws(pair):
+    return law_pair(pair[0])[0], law_pair(pair[1])[0]
+
+
+def jitted_shift_kl(q, p, u, method="auto"):
+    """shift_kl under jax.jit: one compile instead of op-by-op dispatch keeps tests fast
+    (eager and jitted results are compared in test_shift_kl_under_jit_and_vmap)."""
+    return jax.jit(lambda v: losses.shift_kl(q, p, v, method=method))(u)
+
+
+# -- shift_kl against numerical integration ----------------------------------------------
+
+@pytest.mark.parametrize("pair", CLOSED_PAIRS, ids=_pair_id)
+def test_closed_form_matches_quad_in_float64(pair):
+    q, p = _laws(pair)
+    expected = reference(*pair)
+    with jax.enable_x64(True):
+        got = jitted_shift_kl(q, p, jnp.asarray(SHIFTS), method="closed")
+        assert got.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=0.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("pair", CLOSED_PAIRS, ids=_pair_id)
+def test_closed_form_matches_quad_in_float32(pair):
+    # ℓ is a sum of O(1) terms (|u|/b, H(q), E|z+u|/b ≤ 5): a few float32 roundings of
+    # terms of size ≤ 5 cost ≲ 10 · 5 · 1.2e-7 ≈ 6e-6, inside 1e-5 absolute + 1e-5 relative.
+    q, p = _laws(pair)
+    expected = reference(*pair)
+    got = jitted_shift_kl(q, p, jnp.asarray(SHIFTS, jnp.float32), method="closed")
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pair", QUADRATURE_PAIRS, ids=_pair_id)
+def test_quadrature_matches_quad_in_float32(pair):
+    q, p = _laws(pair)
+    expected = reference(*pair)
+    got = jitted_shift_kl(q, p, jnp.asarray(SHIFTS, jnp.float32), method="quadrature")
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=0.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("pair", QUADRATURE_PAIRS, ids=_pair_id)
+def test_quadrature_gradient_matches_finite_difference(pair):
+    # Central difference of the float64 quad reference: with h = 1e-4 the truncation
+    # error h² ℓ⁽³⁾/6 ~ 1e-9 and the quad error 1e-12/h ~ 1e-8 are both far below 2% of
+    # ℓ'(u) ≥ ~0.01 (ℓ'(u) ≈ ℓ''(0) u).
+    u, h = np.array([0.01, 0.3]), 1e-4
+    expected = [
+        (scipy_shift_kl(*pair, v + h) - scipy_shift_kl(*pair, v - h)) / (2.0 * h) for v in u
+    ]
+    q, p = _laws(pair)
+    # ℓ acts elementwise, so the gradient of the sum is the vector of ℓ'(u_i).
+    grad = jax.jit(jax.grad(lambda v: losses.shift_kl(q, p, v, method="quadrature").sum()))(
+        jnp.asarray(u, jnp.float32))
+    np.testing.assert_allclose(np.asarray(grad, np.float64), expected, rtol=0.02)
+
+
+# -- the corrected constants of SPEC §8 --------------------------------------------------
+
+def test_uniform_gaussian_penalty_is_corrected_value():
+    expected = 0.5 * (1.0 + math.log(math.pi / 6.0))  # not the paper's 0.34
+    assert expected == pytest.approx(0.1765, abs=5e-5)
+    got = losses.shift_kl("uniform", "gaussian", 0.0)
+    assert float(got) == pytest.approx(expected, abs=1e-6)
+
+
+def test_uniform_laplace_penalty_is_corrected_value():
+    expected = math.log(B / A) + A / (2.0 * B)  # not the paper's 1/2
+    assert expected == pytest.approx(0.329, abs=5e-4)
+    got = losses.shift_kl("uniform", "laplace", 0.0)
+    assert float(got) == pytest.approx(expected, abs=1e-6)
+
+
+def test_laplace_laplace_penalty_is_zero():
+    # Table 1's "+1" would give 2.
+    assert float(losses.shift_kl("laplace", "laplace", 0.0)) == pytest.approx(0.0, abs=1e-7)
+
+
+def _second_difference(q, p, h, one_sided=False):
+    with jax.enable_x64(True):
+        u = jnp.asarray([0.0, h, 2.0 * h] if one_sided else [-h, 0.0, h])
+        ell = np.asarray(jitted_shift_kl(q, p, u))
+    return (ell[0] - 2.0 * ell[1] + ell[2]) / h**2
+
+
+# Curvatures ℓ''(0) of SPEC §4, by a float64 second difference with h = 1e-3: the
+# truncation error is h² ℓ''''/12 ≲ 1e-6 (one-sided: h ℓ''' ≲ 1e-3 for L/L, where
+# ℓ''' = -1/b³ = -2.8 next to the kink) and roundoff 1e-16/h² = 1e-10.
+@pytest.mark.parametrize(
+    "q, p, expected, one_sided",
+    [
+        ("uniform", "laplace", 1.0 / (A * B), False),  # 0.816, not the paper's 1
+        ("laplace", "laplace", 1.0 / B**2, True),  # ℓ = |u|/b + e^{-|u|/b} - 1: kink at 0
+        ("gaussian", "laplace", 2.0 * stats.norm.pdf(0.0) / B, False),  # 1.128
+        ("gaussian", "gaussian", 1.0, False),
+        ("uniform", "gaussian", 1.0, False),
+        ("laplace", "gaussian", 1.0, False),
+        ("logistic", "gaussian", 1.0, False),
+        ("student_t:5", "gaussian", 1.0, False),
+        ("gennorm:1.5", "gaussian", 1.0, False),
+    ],
+)
+def test_curvature_at_zero(q, p, expected, one_sided):
+    got = _second_difference(law_pair(q)[0], law_pair(p)[0], 1e-3, one_sided)
+    assert got == pytest.approx(expected, rel=5e-3)
+
+
+# -- which pairs are allowed -------------------------------------------------------------
+
+def _student_t3():
+    with pytest.warns(UserWarning, match="Assumption 3"):
+        return increments.get("student_t", df=3.0)
+
+
+@pytest.mark.parametrize(
+    "q, p, names",
+    [
+        ("gaussian", "uniform", ("gaussian", "uniform")),
+        ("uniform", "uniform", ("uniform",)),
+        ("rademacher", "gaussian", ("rademacher", "gaussian")),
+        ("laplace", "rademacher", ("laplace", "rademacher")),
+        (_student_t3, increments.get("gennorm", beta=3.0), ("student_t(df=3)", "gennorm(beta=3)")),
+        (increments.get("student_t", df=5.0), increments.get("gennorm", beta=6.0),
+         ("student_t(df=5)", "gennorm(beta=6)")),
+    ],
+    ids=["gaussian/uniform", "uniform/uniform", "rademacher/gaussian", "laplace/rademacher",
+         "student_t3/gennorm3", "student_t5/gennorm6"],
+)
+def test_infinite_pair_is_refused_naming_the_pair(q, p, names):
+    q = q() if callable(q) else q
+    with pytest.raises(ValueError) as info:
+        losses.shift_kl(q, p, jnp.zeros(3))
+    for name in names:
+        assert name in str(info.value)
+
+
+def test_student_t_against_lighter_gennorm_is_accepted_and_finite():
+    # E_q |z|^4.5 < ∞ for df = 5 > beta = 4.5, so ℓ is finite. Its integrand decays only
+    # like |z|^-1.5, i.e. like (1 - τ)^-1/2 on the mapped tail, an endpoint singularity
+    # where Gauss–Legendre converges slowly: the quadrature is off by ~6e-3 (0.3%) here,
+    # so this checks 1% relative, not the 1e-4 of the well-behaved pairs.
+    pair = ("student_t:5", "gennorm:4.5")
+    q, p = _laws(pair)
+    u = np.array([0.0, 0.5, 2.0])
+    got = np.asarray(jitted_shift_kl(q, p, jnp.asarray(u, jnp.float32)), np.float64)
+    assert np.isfinite(got).all()
+    expected = [scipy_shift_kl(*pair, v) for v in u]
+    np.testing.assert_allclose(got, expected, rtol=0.01)
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="method"):
+        losses.shift_kl("gaussian", "gaussian", 0.0, method="exact")
+
+
+# -- shift_kl as a JAX function ----------------------------------------------------------
+
+@pytest.mark.parametrize("pair", [("uniform", "laplace"), ("gaussian", "logistic")],
+                         ids=_pair_id)
+def test_shift_kl_under_jit_and_vmap(pair):
+    q, p = _laws(pair)
+    u = jnp.asarray(SHIFTS.reshape(2, 5), jnp.float32)
+    eager = losses.shift_kl(q, p, u)
+    jitted = jax.jit(lambda v: losses.shift_kl(q, p, v))(u)
+    mapped = jax.vmap(lambda v: losses.shift_kl(q, p, v))(u)
+    expected = reference(*pair).reshape(2, 5)
+    for got in (eager, jitted, mapped):
+        assert got.shape == (2, 5) and got.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(got, np.float64), expected, atol=1e-4)
+
+
+def test_shift_kl_of_python_scalar_is_float32():
+    assert losses.shift_kl("logistic", "laplace", 1).dtype == jnp.float32
+
+
+@pytest.mark.parametrize(
+    "q, p, pair",
+    [
+        ("logistic", "laplace", ("logistic", "laplace")),
+        (increments.get("logistic"), increments.get("laplace"), ("logistic", "laplace")),
+        ({"name": "student_t", "df": 5.0}, "gaussian", ("student_t:5", "gaussian")),
+    ],
+    ids=["names", "laws", "mapping"],
+)
+def test_shift_kl_accepts_laws_names_and_mappings(q, p, pair):
+    # Same float32 tolerance as the closed forms above.
+    got = jitted_shift_kl(q, p, jnp.asarray(SHIFTS, jnp.float32))
+    np.testing.assert_allclose(np.asarray(got, np.float64), reference(*pair),
+                               rtol=1e-5, atol=1e-5)
+
+
+# -- step_loss and objective (eq. 5) ------------------------------------------------------
+
+K = 10
+PROCESS = processes.get("vp")
+
+
+def _ell_numpy(q, p, u):
+    """Table 1 written out in numpy for the pairs used below (independent of nnd)."""
+    u = np.asarray(u, np.float64)
+    if (q, p) == ("laplace", "laplace"):
+        return np.abs(u) / B + np.exp(-np.abs(u) / B) - 1.0
+    if (q, p) == ("uniform", "laplace"):
+        inside = math.log(B / A) + (u**2 + A**2) / (2.0 * A * B)
+        return np.where(np.abs(u) <= A, inside, math.log(B / A) + np.abs(u) / B)
+    if (q, p) == ("gaussian", "gaussian"):
+        return 0.5 * u**2
+    raise AssertionError((q, p))
+
+
+def _random_eps(seed, shape):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape).astype(
+        np.float32)
+
+
+@pytest.mark.parametrize("q, p", [("laplace", "laplace"), ("uniform", "laplace")])
+def test_step_loss_matches_hand_computation(q, p):
+    eps, eps_pred = _random_eps(0, (3, 4))
+    t = np.array([0.05, 0.4, 0.9], np.float32)
+    dt = (1.0 - PROCESS.t_eps) / K
+    scale = np.asarray(PROCESS.g(t), np.float64) * math.sqrt(dt) / np.asarray(
+        PROCESS.sigma(t), np.float64)
+    u = scale[:, None] * (eps_pred.astype(np.float64) - eps)
+    full = _ell_numpy(q, p, u).sum(axis=1)
+    penalty = _ell_numpy(q, p, 0.0)
+    kwargs = dict(process=PROCESS, q=q, p=p, num_steps=K)
+    got_full = losses.step_loss(eps, eps_pred, t, subtract_penalty=False, **kwargs)
+    got = losses.step_loss(eps, eps_pred, t, **kwargs)
+    assert got.shape == (3,)
+    np.testing.assert_allclose(np.asarray(got_full), full, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got), full - 4 * penalty, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("q, p", [("uniform", "laplace"), ("uniform", "gaussian"),
+                                  ("laplace", "laplace"), ("logistic", "gaussian")])
+def test_step_loss_of_perfect_model_is_the_penalty(q, p):
+    eps, _ = _random_eps(1, (2, 3, 5))  # D = 15, any trailing shape
+    t = np.array([0.2, 0.7], np.float32)
+    kwargs = dict(process=PROCESS, q=q, p=p, num_steps=K)
+    subtracted = losses.step_loss(eps, eps, t, **kwargs)
+    full = losses.step_loss(eps, eps, t, subtract_penalty=False, **kwargs)
+    ell0 = reference(q, p)[SHIFTS.tolist().index(0.0)]
+    # ℓ(0) is evaluated twice (per coordinate and as the penalty) and may round
+    # differently: D = 15 coordinates times ~1 float32 ulp of O(1) terms ≈ 2e-6.
+    np.testing.assert_allclose(np.asarray(subtracted), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(full), 15 * ell0, rtol=1e-5)
+
+
+def test_gaussian_step_loss_is_weighted_mse():
+    # For G/G ℓ(u) = u²/2 exactly, so K L_k = ½ (g²/σ²) ‖ε - ε_θ‖² (1 - t_eps).
+    eps, eps_pred = _random_eps(2, (4, 6))
+    t = np.array([0.01, 0.1, 0.5, 1.0], np.float32)
+    got = K * losses.step_loss(eps, eps_pred, t, process=PROCESS, q="gaussian", p="gaussian",
+                               num_steps=K)
+    g2 = np.asarray(PROCESS.g(t), np.float64) ** 2
+    sigma2 = np.asarray(PROCESS.sigma(t), np.float64) ** 2
+    mse = np.sum((eps_pred.astype(np.float64) - eps) ** 2, axis=1)
+    np.testing.assert_allclose(np.asarray(got), 0.5 * g2 / sigma2 * mse * (1 - PROCESS.t_eps),
+                               rtol=1e-5)
+
+
+def _toy_objective(w, x0, key, q="uniform", p="laplace", include_penalty=False):
+    loss, t = losses.objective(lambda x, t: w * x, x0, key, process=PROCESS, q=q, p=p,
+                               num_steps=K, include_penalty=include_penalty)
+    return loss.mean(), t
+
+
+def test_objective_jits_and_has_finite_gradients():
+    x0 = jnp.asarray(np.random.default_rng(3).standard_normal((64, 2)), jnp.float32)
+    key = jax.random.key(0)
+    value_and_grad = jax.jit(jax.value_and_grad(
+        lambda w: _toy_objective(w, x0, key)[0]))
+    value, grad = value_and_grad(jnp.float32(0.5))
+    assert np.isfinite(value) and value > 0.0
+    assert np.isfinite(grad) and grad != 0.0
+
+
+def test_objective_times_lie_on_the_grid():
+    # t = t_{k+1} = t_eps + (k + 1) Δt with k ~ U{0..K-1}: never t_0, every t_1..t_K
+    # (with B = 512 the chance of missing one is K (1 - 1/K)^B ≈ 1e-22).
+    x0 = jnp.zeros((512, 1))
+    _, t = jax.jit(lambda key: _toy_objective(0.0, x0, key))(jax.random.PRNGKey(1))
+    t = np.asarray(t, np.float64)
+    grid = PROCESS.t_eps + (1.0 - PROCESS.t_eps) / K * np.arange(K + 1)  # t_0 .. t_K
+    index = np.abs(t[:, None] - grid[None, :]).argmin(axis=1)
+    np.testing.assert_allclose(t, grid[index], atol=1e-6)  # float32 times
+    assert set(index.tolist()) == set(range(1, K + 1))
+
+
+def test_objective_of_perfect_model_is_zero_or_full_penalty():
+    # A single data point x0 makes ε recoverable: ε_θ(x, t) = (x - α(t) x0)/σ(t) is exact up
+    # to float32 rounding (relative 1e-7 of x/σ, u ≲ 1e-5, ℓ(u) - ℓ(0) ≲ 1e-10 for U/G).
+    x0_value = np.array([0.3, -1.2, 0.7], np.float32)
+    x0 = jnp.tile(jnp.asarray(x0_value), (32, 1))
+
+    def perfect(x, t):
+        return (x - PROCESS.alpha(t)[:, None] * x0_value) / PROCESS.sigma(t)[:, None]
+
+    kwargs = dict(process=PROCESS, q="uniform", p="gaussian", num_steps=K)
+    key = jax.random.PRNGKey(2)
+    loss, _ = jax.jit(lambda k: losses.objective(perfect, x0, k, **kwargs))(key)
+    full, _ = jax.jit(lambda k: losses.objective(perfect, x0, k, include_penalty=True,
+                                                 **kwargs))(key)
+    np.testing.assert_allclose(np.asarray(loss), 0.0, atol=1e-4)
+    ell0 = 0.5 * (1.0 + math.log(math.pi / 6.0))
+    np.testing.assert_allclose(np.asarray(full), K * 3 * ell0, rtol=1e-4)
