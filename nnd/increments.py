@@ -300,8 +300,20 @@ class StudentT(Law):
         return math.sqrt((self.df - 2.0) / self.df)
 
     def sample(self, key, shape, dtype=jnp.float32):
-        z = jax.random.t(key, self.df, shape, _draw_dtype(dtype)) * self.scale
-        return z.astype(dtype)
+        # Bailey's polar method (Math. Comp. 62, 1994) without its rejection step:
+        # for (U, V) uniform on the unit disc and W = U² + V², U·√(ν(W^{-2/ν} - 1)/W)
+        # is t_ν. In polar form W ~ U(0, 1] and U/√W = cos θ, θ ~ U[0, 2π), so
+        # T = cos θ · √(ν·expm1(-(2/ν) log W)): exact, and no gamma rejection loop.
+        nu = self.df
+        draw = _draw_dtype(dtype)
+        k_w, k_theta = jax.random.split(key)
+        # W = 1 - U lies in (0, 1]; its smallest value is the uniform's resolution, so
+        # |T| is bounded there (≈ 54 for df = 5 in float32) instead of a point mass
+        # at W = tiny (which a minval=tiny draw would put at |T| ≈ 1e8).
+        w = 1.0 - jax.random.uniform(k_w, shape, draw)
+        theta = jax.random.uniform(k_theta, shape, draw, maxval=2.0 * math.pi)
+        t = jnp.cos(theta) * jnp.sqrt(nu * jnp.expm1((-2.0 / nu) * jnp.log(w)))
+        return (t * self.scale).astype(dtype)
 
     def _log_norm(self) -> float:
         nu = self.df

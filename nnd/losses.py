@@ -42,11 +42,13 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 # Gauss–Legendre rule on [-1, 1] for every finite panel.
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(32)
-# Tails [c, ∞) are mapped by z = c + τ/(1 - τ), τ ∈ [0, 1), split into panels
-# that get finer where polynomial tails (student_t) put their mass.
-_TAIL_PANELS = (0.0, 0.5, 0.8, 0.95, 0.99, 1.0)
-# A node whose log q is below this carries less than e^-100 of mass: dropped.
-_LOG_Q_FLOOR = -100.0
+# Tails [c, ∞) are mapped by z = c + (e^w - 1), w ∈ [0, 40], in these panels. A
+# power-law integrand |z|^-a (student_t q) becomes e^{-(a-1)w}, smooth in w, and
+# light tails (Gaussian, Laplace) are covered by the first panels.
+_TAIL_PANELS = (0.0, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0)
+# A node whose log q is below this is dropped (its term is below the float64
+# resolution of any ℓ here even after the Jacobian and |log q - log p|).
+_LOG_Q_FLOOR = -700.0
 
 
 def check_pair(q, p) -> tuple[Law, Law]:
@@ -119,14 +121,14 @@ def _panel_nodes(a, b, dtype):
 
 
 def _tail_nodes(c, direction, dtype):
-    """Nodes and weights on [c, ∞) (direction +1) or (-∞, c] (direction -1)."""
-    zs, ws = [], []
+    """Nodes, weights and log-Jacobians on [c, ∞) (direction +1) or (-∞, c] (-1)."""
+    zs, ws, log_jacs = [], [], []
     for lo, hi in zip(_TAIL_PANELS[:-1], _TAIL_PANELS[1:]):
-        tau, w = _panel_nodes(jnp.asarray(lo, dtype), jnp.asarray(hi, dtype), dtype)
-        one_minus = 1.0 - tau
-        zs.append(c + direction * tau / one_minus)
-        ws.append(w / jnp.square(one_minus))
-    return jnp.concatenate(zs), jnp.concatenate(ws)
+        v, w = _panel_nodes(jnp.asarray(lo, dtype), jnp.asarray(hi, dtype), dtype)
+        zs.append(c + direction * jnp.expm1(v))
+        ws.append(w)
+        log_jacs.append(v)  # dz/dv = e^v
+    return jnp.concatenate(zs), jnp.concatenate(ws), jnp.concatenate(log_jacs)
 
 
 def _quadrature_scalar(q: Law, p: Law, u):
@@ -149,29 +151,38 @@ def _quadrature_scalar(q: Law, p: Law, u):
     pts = jnp.sort(jnp.stack(points))
     pts = jnp.clip(pts, lo, hi)  # points outside supp q collapse onto its ends
 
-    zs, ws = [], []
+    zs, ws, log_jacs = [], [], []
     for i in range(pts.shape[0] - 1):
         z, w = _panel_nodes(pts[i], pts[i + 1], dtype)
         zs.append(z)
         ws.append(w)
-    if not finite_lo:
-        z, w = _tail_nodes(pts[0], -1.0, dtype)
-        zs.append(z)
-        ws.append(w)
-    if not finite_hi:
-        z, w = _tail_nodes(pts[-1], 1.0, dtype)
-        zs.append(z)
-        ws.append(w)
+        log_jacs.append(jnp.zeros_like(z))
+    for present, start, direction in ((not finite_lo, pts[0], -1.0), (not finite_hi, pts[-1], 1.0)):
+        if present:
+            z, w, log_jac = _tail_nodes(start, direction, dtype)
+            zs.append(z)
+            ws.append(w)
+            log_jacs.append(log_jac)
     z = jnp.concatenate(zs)
     w = jnp.concatenate(ws)
+    log_jac = jnp.concatenate(log_jacs)
 
-    # Drop nodes where q carries no mass, without letting inf/nan into gradients.
-    keep = jax.lax.stop_gradient(q.log_prob(z)) > _LOG_Q_FLOOR
-    z_safe = jnp.where(keep, z, 0.0)
-    log_q = q.log_prob(z_safe)
-    log_p = p.log_prob(z_safe + u)
-    integrand = jnp.where(keep, jnp.exp(log_q) * (log_q - log_p), 0.0)
-    return jnp.sum(w * integrand)
+    # Each term is w·sign(d)·exp(log q + log|d| + log-Jacobian), d = log q - log p,
+    # summed in log space so far-tail terms of heavy-tailed q do not underflow.
+    # Terms that are non-finite (q has no mass there, or log p overflows) are
+    # dropped without letting inf/nan into the gradients.
+    def log_terms(z_):
+        log_q_ = q.log_prob(z_)
+        d_ = log_q_ - p.log_prob(z_ + u)
+        return log_q_, d_
+
+    log_q0, d0 = jax.lax.stop_gradient(log_terms(z))
+    keep = jnp.isfinite(log_q0) & jnp.isfinite(d0) & (log_q0 > _LOG_Q_FLOOR)
+    log_q, d = log_terms(jnp.where(keep, z, 0.0))
+    d = jnp.where(keep, d, 1.0)
+    log_mag = log_q + jnp.log(jnp.abs(d)) + log_jac
+    terms = jnp.where(keep & (d != 0.0), w * jnp.sign(d) * jnp.exp(log_mag), 0.0)
+    return jnp.sum(terms)
 
 
 def shift_kl(q, p, u, method: str = "auto"):

@@ -115,6 +115,27 @@ def test_sample_has_zero_mean_and_unit_variance(law):
     assert abs(z.var() - 1.0) < 0.02
 
 
+@pytest.mark.parametrize("law", CONTINUOUS_LAWS, ids=_law_id)
+def test_sample_follows_the_law_kolmogorov_smirnov(law):
+    # A sampler with the right moments can still have the wrong shape; the KS test
+    # against scipy's standardised law has power against that at n = 10^6
+    # (it would detect a sup-distance in the cdf of ~2e-3 at level 1e-3).
+    name, params = law
+    z = _draws(name, tuple(params.items()))
+    assert stats.kstest(z, scipy_law(name, params).cdf).pvalue > 1e-3
+
+
+def test_student_t_sampler_has_no_spurious_outliers():
+    # The sampler maps W ∈ (0, 1] to |T| ≤ scale·√(ν(W^{-2/ν} - 1)); float32 uniforms
+    # have resolution 2^-23, so |T| ≤ 0.775·√(5(2^{46/5} - 1)) ≈ 42 for df = 5. A draw
+    # that puts W at the smallest normal float instead (probability 2^-23 per draw,
+    # so ≈ 2 times in 2·10^7 draws) would give |T| ≈ 6·10^7.
+    law = increments.get("student_t", df=5.0)
+    z = np.asarray(jax.jit(lambda k: law.sample(k, (20_000_000,)))(jax.random.key(0)))
+    bound = law.scale * math.sqrt(5.0 * (2.0 ** (46.0 / 5.0) - 1.0))
+    assert np.abs(z).max() <= bound * (1.0 + 1e-5)
+
+
 # Kurtosis is estimable only where E z⁸ < ∞: student_t needs df > 8, so df = 5 is left out.
 KURTOSIS_LAWS = [law for law in ALL_LAWS if law != ("student_t", {"df": 5.0})]
 
