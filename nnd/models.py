@@ -90,7 +90,8 @@ class AttnBlock(nn.Module):
     def __call__(self, h_BxHxWxC):
         b, hh, ww, c = h_BxHxWxC.shape
         x = _group_norm(c)(h_BxHxWxC).reshape(b, hh * ww, c)
-        x = nn.SelfAttention(num_heads=1, qkv_features=c, out_kernel_init=nn.initializers.zeros)(x)
+        x = nn.MultiHeadDotProductAttention(
+            num_heads=1, qkv_features=c, out_kernel_init=nn.initializers.zeros)(x)
         return h_BxHxWxC + x.reshape(b, hh, ww, c)
 
 

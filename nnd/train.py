@@ -13,7 +13,6 @@ stream 3 for samples; data uses stream 1 (nnd.data).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
@@ -28,7 +27,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from nnd import config as config_lib
-from nnd import data, losses, models
+from nnd import data, losses, models, summaries
 
 __all__ = [
     "TrainState",
@@ -186,11 +185,6 @@ def _progress_picture(run, config, state, step: int, workdir: str):
     logging.info("step %d: sample picture %s", step, path)
 
 
-def _write_jsonl(path: str, record: dict):
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def train_and_evaluate(config, workdir: str, mesh=None) -> TrainState:
     """Trains from scratch or resumes from ``workdir/checkpoints``; returns the final state."""
     os.makedirs(workdir, exist_ok=True)
@@ -201,7 +195,7 @@ def train_and_evaluate(config, workdir: str, mesh=None) -> TrainState:
     if start:
         logging.info("resumed from step %d in %s", start, workdir)
     train_root = jax.random.fold_in(run["root"], _TRAIN_STREAM)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    writer = summaries.SummaryWriter(workdir, enabled=jax.process_index() == 0)
     pending = None  # metrics of the previous step, fetched one step late
     t_last, step_last = time.time(), start
 
@@ -216,11 +210,11 @@ def train_and_evaluate(config, workdir: str, mesh=None) -> TrainState:
         now = time.time()
         rate = (step - step_last) / max(now - t_last, 1e-9)
         eta = (total - step) / max(rate, 1e-9)
-        record = {"step": step, "loss": loss, "grad_norm": float(host["grad_norm"]),
+        record = {"loss": loss, "grad_norm": float(host["grad_norm"]),
                   "lr": float(run["schedule"](step)),
                   "loss_by_quartile": [float(v) for v in host["loss_by_quartile"]],
                   "steps_per_s": rate, "examples_per_s": rate * config.data.batch_size}
-        _write_jsonl(metrics_path, record)
+        writer.write(step, record)
         logging.info("step %d/%d  loss %.4f  grad_norm %.3f  %.1f steps/s  ETA %.0fs",
                      step, total, loss, record["grad_norm"], rate, eta)
         t_last, step_last = now, step
@@ -238,6 +232,7 @@ def train_and_evaluate(config, workdir: str, mesh=None) -> TrainState:
     if pending is not None:
         report(*pending)
     manager.wait_until_finished()
+    writer.close()
     return state
 
 

@@ -41,6 +41,14 @@ def test_train_writes_metrics_and_checkpoints(tmp_path):
         assert np.isfinite(r["loss"]) and len(r["loss_by_quartile"]) == 4
         assert r["steps_per_s"] > 0
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert {"loss", "grad_norm", "lr", "loss_by_quartile_3"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("loss")] == [2, 4, 6]
+    np.testing.assert_allclose([e.value for e in events.Scalars("loss")],
+                               [r["loss"] for r in records], rtol=1e-6)
 
 
 def test_resume_matches_uninterrupted_run(tmp_path):
