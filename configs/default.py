@@ -1,6 +1,6 @@
 """Default configuration: the 2-D `gmm8` toy with Laplace/Laplace steps on a VP process.
 
-Launch (2 CPU cores, a few minutes):
+Launch (2 CPU cores, about 2 minutes to train):
     python -m nnd.main --config=configs/default.py --workdir=runs/default
 
 Every other config starts from this one and overrides a few fields.
@@ -48,11 +48,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.ema_decay = 0.999  # EMA of parameters used for sampling
 
     config.train = ml_collections.ConfigDict()
-    config.train.num_steps = 4000  # optimiser steps
+    config.train.num_steps = 8000  # optimiser steps (about 2 minutes for a toy on 2 CPU cores)
     config.train.log_every = 200  # progress line and metrics every N steps
     config.train.checkpoint_every = 1000  # orbax save every N steps
     config.train.keep_checkpoints = 3  # keep the last M checkpoints
     config.train.sample_every = 2000  # sample picture in WORKDIR/samples/ every N steps (0: never)
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.num_batches = 10  # held-out batches for the objective in --mode=eval
 
     config.sampling = ml_collections.ConfigDict()
     config.sampling.law = "q"  # q (default) | model (= p) | any law name

@@ -3,7 +3,7 @@
 Data: `gmm8` (8 Gaussians on the unit circle, std 0.1; exact score in nnd.oracles),
 or `--config.data.name=checkerboard|moons|swissroll`.
 
-Launch (2 CPU cores, about 2-3 minutes; then sample):
+Launch (2 CPU cores, about 2 minutes to train; then sample):
   python -m nnd.main --config=configs/toy_laplace.py --workdir=runs/toy_laplace
   python -m nnd.main --config=configs/toy_laplace.py --workdir=runs/toy_laplace --mode=sample
 """

@@ -6,7 +6,7 @@ l(0), so it trains exactly like it (same gradients); it samples with uniform ste
 Data: `gmm8` (8 Gaussians on the unit circle, std 0.1; exact score in nnd.oracles),
 or `--config.data.name=checkerboard|moons|swissroll`.
 
-Launch (2 CPU cores, about 2-3 minutes; then sample):
+Launch (2 CPU cores, about 2 minutes to train; then sample):
   python -m nnd.main --config=configs/toy_uniform.py --workdir=runs/toy_uniform
   python -m nnd.main --config=configs/toy_uniform.py --workdir=runs/toy_uniform --mode=sample
 """

@@ -104,6 +104,9 @@ def resolve(config, num_devices: int = 1) -> Experiment:
     if not isinstance(config.train.sample_every, int) or config.train.sample_every < 0:
         raise ValueError(f"config.train.sample_every: must be an integer >= 0, got "
                          f"{config.train.sample_every!r}")
+    if not isinstance(config.eval.num_batches, int) or config.eval.num_batches < 1:
+        raise ValueError(f"config.eval.num_batches: must be a positive integer, got "
+                         f"{config.eval.num_batches!r}")
     if not 0.0 <= config.optim.ema_decay < 1.0:
         raise ValueError(f"config.optim.ema_decay: must be in [0, 1), got {config.optim.ema_decay}")
     return Experiment(process, q, p, sampling_law, num_steps)

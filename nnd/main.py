@@ -13,7 +13,9 @@ from nnd import train
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-flags.DEFINE_enum("mode", "train", ["train", "sample"], "train (resumes automatically) or sample.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"],
+                  "train (resumes automatically), eval (writes WORKDIR/eval/metrics.json) "
+                  "or sample (writes WORKDIR/samples.npz and samples.png).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -27,6 +29,8 @@ def main(argv):
     logging.info("devices: %s", jax.devices())
     if FLAGS.mode == "train":
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.mode == "eval":
+        train.evaluate(FLAGS.config, FLAGS.workdir)
     else:
         train.sample(FLAGS.config, FLAGS.workdir)
 

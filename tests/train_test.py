@@ -225,3 +225,31 @@ def test_toy_config_learns_gmm8(tmp_path, name):
     assert ed <= 0.005, ed
     assert np.all((share >= 0.08) & (share <= 0.17)), share
     assert abs(width - 0.02) <= 0.2 * 0.02, width
+
+
+def test_eval_mode_writes_metrics(tmp_path):
+    config = _tiny_config()
+    config.eval.num_batches = 2
+    with pytest.raises(FileNotFoundError, match="train first"):
+        train.evaluate(config, str(tmp_path))
+    train.train_and_evaluate(config, str(tmp_path))
+    result = train.evaluate(config, str(tmp_path))
+    on_disk = json.load(open(tmp_path / "eval" / "metrics.json"))
+    assert on_disk == json.loads(json.dumps(result))
+    assert result["step"] == 6 and result["nfe"] == config.sampling.num_steps + 1
+    assert result["finite_samples"] and len(result["share_per_centre"]) == 8
+    # laplace/laplace has l(0) = 0, so the penalty adds nothing.
+    assert result["objective_with_penalty_nats"] == pytest.approx(result["objective_nats"])
+
+
+def test_eval_objective_counts_the_penalty_for_mismatched_laws(tmp_path):
+    config = _tiny_config()
+    config.loss.q, config.loss.p = "uniform", "laplace"
+    config.eval.num_batches = 1
+    train.train_and_evaluate(config, str(tmp_path))
+    result = train.evaluate(config, str(tmp_path))
+    # K·D·l(0) with K = 20, D = 2 and l_{U,L}(0) = log(b/a) + a/(2b).
+    b, a = 1 / np.sqrt(2), np.sqrt(3)
+    penalty = 20 * 2 * (np.log(b / a) + a / (2 * b))
+    assert result["objective_with_penalty_nats"] - result["objective_nats"] == pytest.approx(
+        penalty, rel=1e-4)
