@@ -162,8 +162,10 @@ def image_dataset(name: str, split: str, *, seed: int, global_batch: int,
         return x
 
     ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
-    ds = ds[process_index::process_count]
+    # Random transforms before sharding: their draws are keyed by the global
+    # position, so hosts get independent dequantisation noise and flips.
     ds = ds.random_map(transform, seed=seed + 1)
+    ds = ds[process_index::process_count]
     return ds.batch(global_batch // process_count, drop_remainder=True)
 
 

@@ -60,8 +60,14 @@ class MLP(nn.Module):
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with up to 32 groups that divide ``channels``."""
-    groups = max(g for g in range(1, min(32, channels) + 1) if channels % g == 0)
+    """GroupNorm with up to 32 groups of at least 4 channels each.
+
+    Groups of one channel would subtract a per-channel constant, and ResBlock adds
+    the time embedding as exactly that before its second norm: the network would
+    not see t. With ≥ 4 channels per group the embedding survives the norm.
+    """
+    limit = max(1, min(32, channels // 4))
+    groups = max(g for g in range(1, limit + 1) if channels % g == 0)
     return nn.GroupNorm(num_groups=groups)
 
 

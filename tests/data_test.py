@@ -202,11 +202,6 @@ def test_digits_two_hosts_draw_disjoint_halves():
     np.testing.assert_array_equal(np.sort(idx), np.arange(n))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: nnd/data.py image_dataset seeds random_map after the host shard "
-    "(ds[process_index::process_count] then ds.random_map), so the per-record rng is "
-    "indexed by the host-local position: host 0 and host 1 draw the same dequantisation "
-    "noise u (and the same CIFAR flips) at the same local position"))
 def test_two_hosts_draw_independent_dequantisation_noise():
     hosts = [data.Batches("digits", seed=1, global_batch=64, process_index=i, process_count=2)
              for i in range(2)]
