@@ -45,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.warmup_steps = 200  # linear warm-up steps
     config.optim.weight_decay = 0.0  # AdamW decoupled weight decay
     config.optim.grad_clip = 1.0  # global-norm clipping
-    config.optim.ema_decay = 0.999  # EMA of parameters used for sampling
+    config.optim.ema_decay = 0.999  # EMA of parameters used for sampling (warm-up: min(decay, (1+n)/(10+n)))
 
     config.train = ml_collections.ConfigDict()
     config.train.num_steps = 8000  # optimiser steps (about 2 minutes for a toy on 2 CPU cores)

@@ -86,9 +86,9 @@ def digits(row: str):
     config.optim.warmup_steps = 200
     config.optim.weight_decay = 0.0
     config.optim.ema_decay = 0.999
-    config.train.num_steps = 3000
+    config.train.num_steps = 2000
     config.train.log_every = 100
     config.train.checkpoint_every = 500
-    config.train.sample_every = 1000
+    config.train.sample_every = 500
     config.sampling.num_steps = 200
     return config

@@ -104,7 +104,11 @@ def train_step(state: TrainState, batch, key, *, model, tx, experiment, ema_deca
     (loss, (loss_B, t_B)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+    # EMA with warm-up (decay (1 + n)/(10 + n) until it reaches ema_decay), so early
+    # samples are not dragged towards the initial parameters.
+    n = state.step.astype(jnp.float32)
+    decay = jnp.minimum(ema_decay, (1.0 + n) / (10.0 + n))
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
     quartile_B = jnp.clip((t_B * 4).astype(jnp.int32), 0, 3)
     by_quartile = jnp.stack([
         jnp.sum(jnp.where(quartile_B == i, loss_B, 0.0)) / jnp.maximum(jnp.sum(quartile_B == i), 1)
