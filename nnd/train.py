@@ -36,8 +36,14 @@ __all__ = [
     "init_state",
     "train_step",
     "make_mesh",
-    "train_and_evaluate",
+    "build",
     "restore_latest",
+    "train_and_evaluate",
+    "score_fn_from",
+    "draw_samples",
+    "save_picture",
+    "sample",
+    "evaluate",
 ]
 
 _INIT_STREAM, _TRAIN_STREAM, _SAMPLE_STREAM, _EVAL_STREAM = 0, 2, 3, 4

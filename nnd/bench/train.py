@@ -2,9 +2,10 @@
 
 For each of the paper's Table 2 pairs (gaussian/gaussian, laplace/laplace,
 uniform/gaussian, uniform/laplace) the jitted, sharded train step of
-:mod:`nnd.train` is compiled once (compile time reported), then timed over
-``steps`` calls on a fixed batch (median of ``repeats``), all in one process so
-the ratios to gaussian/gaussian compare like with like. Goal: every pair within
+:mod:`nnd.train` is compiled once (compile time reported); then the rows are
+timed round-robin, ``steps`` calls on a fixed batch per turn, median over
+``repeats`` turns, all in one process, so drift of a shared machine hits every
+row alike and the ratios to gaussian/gaussian compare like with like. Goal: every pair within
 1.05× of gaussian/gaussian (the loss is a closed form for all four).
 
 Run::
@@ -32,7 +33,7 @@ import numpy as np
 from configs import images
 from nnd import train
 
-__all__ = ["PAIRS", "measure", "main"]
+__all__ = ["PAIRS", "prepare", "time_once", "measure_all", "main"]
 
 PAIRS = ("gaussian", "laplace", "uniform", "uniform_laplace")
 
@@ -46,9 +47,8 @@ def _config(row: str, width: int, blocks: int, batch: int):
     return config
 
 
-def measure(row: str, *, width: int, blocks: int, batch: int, steps: int, repeats: int,
-            workdir: str) -> dict:
-    """Compile time and seconds per step of the train step for one Table 2 row."""
+def prepare(row: str, *, width: int, blocks: int, batch: int, workdir: str) -> dict:
+    """Builds and compiles the train step of one Table 2 row; returns what timing needs."""
     import tensorflow_datasets as tfds  # noqa: PLC0415
 
     config = _config(row, width, blocks, batch)
@@ -66,21 +66,39 @@ def measure(row: str, *, width: int, blocks: int, batch: int, steps: int, repeat
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-    state = run["state"]
-    state, metrics = compiled(state, batch_x, key)  # warm-up
+    state, metrics = compiled(run["state"], batch_x, key)  # warm-up
     jax.block_until_ready(metrics)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for i in range(steps):
-            state, metrics = compiled(state, batch_x, jax.random.fold_in(key, i))
-        jax.block_until_ready(metrics)
-        times.append((time.perf_counter() - start) / steps)
-    sec = statistics.median(times)
     return {"row": row, "q": str(run["experiment"].q), "p": str(run["experiment"].p),
-            "compile_seconds": compile_s, "seconds_per_step": sec,
-            "examples_per_second": batch / sec, "flops_per_step": flops,
-            "repeats": times}
+            "compile_seconds": compile_s, "flops_per_step": flops, "repeats": [],
+            "_compiled": compiled, "_state": state, "_batch": batch_x, "_key": key}
+
+
+def time_once(entry: dict, steps: int) -> None:
+    """Times ``steps`` train steps of a prepared row and appends seconds per step."""
+    compiled, state, batch_x, key = (entry[k] for k in ("_compiled", "_state", "_batch", "_key"))
+    start = time.perf_counter()
+    for i in range(steps):
+        state, metrics = compiled(state, batch_x, jax.random.fold_in(key, i))
+    jax.block_until_ready(metrics)
+    entry["repeats"].append((time.perf_counter() - start) / steps)
+    entry["_state"] = state
+
+
+def measure_all(rows, *, width: int, blocks: int, batch: int, steps: int, repeats: int,
+                workdir: str) -> list[dict]:
+    """Compiles every row, then times them round-robin so drift hits all rows alike."""
+    entries = [prepare(r, width=width, blocks=blocks, batch=batch, workdir=workdir)
+               for r in rows]
+    for _ in range(repeats):
+        for entry in entries:
+            time_once(entry, steps)
+    results = []
+    for entry in entries:
+        sec = statistics.median(entry["repeats"])
+        result = {k: v for k, v in entry.items() if not k.startswith("_")}
+        result.update(seconds_per_step=sec, examples_per_second=batch / sec)
+        results.append(result)
+    return results
 
 
 def main(argv=None):
@@ -89,8 +107,8 @@ def main(argv=None):
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--blocks", type=int, default=4)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--rows", default=",".join(PAIRS))
     args = parser.parse_args(argv)
     rows = [r.strip() for r in args.rows.split(",")]
@@ -99,15 +117,13 @@ def main(argv=None):
         raise ValueError(f"unknown rows {bad}; choose from {sorted(images.ROWS)}")
     import tempfile  # noqa: PLC0415
 
-    results = []
     with tempfile.TemporaryDirectory() as workdir:
-        for row in rows:
-            r = measure(row, width=args.width, blocks=args.blocks, batch=args.batch,
-                        steps=args.steps, repeats=args.repeats, workdir=workdir)
-            results.append(r)
-            print(f"{row:>16s}  {r['seconds_per_step'] * 1e3:8.1f} ms/step  "
-                  f"{r['examples_per_second']:8.1f} ex/s  compile {r['compile_seconds']:.1f}s",
-                  flush=True)
+        results = measure_all(rows, width=args.width, blocks=args.blocks, batch=args.batch,
+                              steps=args.steps, repeats=args.repeats, workdir=workdir)
+    for r in results:
+        print(f"{r['row']:>16s}  {r['seconds_per_step'] * 1e3:8.1f} ms/step  "
+              f"{r['examples_per_second']:8.1f} ex/s  compile {r['compile_seconds']:.1f}s",
+              flush=True)
     base = results[0]["seconds_per_step"]
     for r in results:
         r["ratio"] = r["seconds_per_step"] / base
