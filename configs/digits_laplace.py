@@ -3,7 +3,7 @@
 Launch:
   python -m nnd.main --config=configs/digits_laplace.py --workdir=runs/digits_laplace
 Target hardware: 2 CPU cores.
-Expected time: about 8 minutes for 2000 steps on 2 CPU cores.
+Expected time: about 10 minutes for 2000 steps on 2 CPU cores (measured: 9 min 41 s).
 """
 
 from configs import images
