@@ -71,6 +71,13 @@ def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=groups)
 
 
+def _conv_net_time_embedding(t_B, embed_dim: int):
+    """Sinusoidal features through a 2-layer MLP of width 4·embed_dim (called inside a
+    compact module, so its Dense layers belong to the caller)."""
+    emb = sinusoidal_embedding(t_B, embed_dim)
+    return nn.Dense(4 * embed_dim)(nn.silu(nn.Dense(4 * embed_dim)(emb)))
+
+
 class ResBlock(nn.Module):
     """GroupNorm → SiLU → conv, plus the time embedding, twice; residual (1×1 if widths differ)."""
 
@@ -117,8 +124,7 @@ class VDMNet(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxHxWxC, t_B, train: bool = False):
-        emb = sinusoidal_embedding(t_B, self.embed_dim)
-        emb = nn.Dense(4 * self.embed_dim)(nn.silu(nn.Dense(4 * self.embed_dim)(emb)))
+        emb = _conv_net_time_embedding(t_B, self.embed_dim)
         h = nn.Conv(self.channels, (3, 3))(x_BxHxWxC)
         skips = [h]
         for _ in range(self.num_blocks):
@@ -152,8 +158,7 @@ class UNet(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxHxWxC, t_B, train: bool = False):
-        emb = sinusoidal_embedding(t_B, self.embed_dim)
-        emb = nn.Dense(4 * self.embed_dim)(nn.silu(nn.Dense(4 * self.embed_dim)(emb)))
+        emb = _conv_net_time_embedding(t_B, self.embed_dim)
         h = nn.Conv(self.channels, (3, 3))(x_BxHxWxC)
         skips = [h]
         for level, mult in enumerate(self.channel_mult):
