@@ -55,11 +55,29 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.sample_every = 2000  # sample picture in WORKDIR/samples/ every N steps (0: never)
 
     config.eval = ml_collections.ConfigDict()
-    config.eval.num_batches = 10  # held-out batches for the objective in --mode=eval
+    config.eval.num_examples = 1000  # held-out examples for likelihood and walk sum (0: whole test split; toys: fresh draws)
+    config.eval.batch_size = 500  # examples per jitted likelihood solve (the last batch is padded)
+    config.eval.likelihood = True  # PF-ODE log-likelihood (bits/dim for images)
+    config.eval.divergence = "auto"  # auto (exact for D <= 64) | exact | rademacher | gaussian
+    config.eval.solver = "ode"  # ode (adaptive Dormand-Prince) | heun (fixed steps)
+    config.eval.rtol = 1e-5  # adaptive solver tolerances
+    config.eval.atol = 1e-5
+    config.eval.ode_steps = 200  # heun steps
+    config.eval.num_repeats = 1  # independent dequantisations (and probes) of the examples
+    config.eval.num_samples = 1000  # samples for the energy distance (and FID)
+    config.eval.picture_laws = ("gaussian", "laplace", "uniform")  # Figure 1: one seed, these laws
+    config.eval.fid_weights = ""  # InceptionV3 FID weights (.npz, see nnd/fid.py); "" skips FID
+    config.eval.fid_cache_dir = ""  # dataset reference statistics ("" : ~/.cache/nnd)
 
     config.sampling = ml_collections.ConfigDict()
-    config.sampling.law = "q"  # q (default) | model (= p) | any law name
+    config.sampling.sampler = "walk"  # walk (reverse walk, eq. 8) | pc (predictor-corrector) | ode | heun (PF-ODE, eq. 6)
+    config.sampling.law = "q"  # q (default) | model (= p) | any law name: walk and corrector noise
     config.sampling.num_samples = 2000  # samples written by --mode=sample
-    config.sampling.num_steps = 300  # reverse-walk steps when sampling
+    config.sampling.num_steps = 300  # walk / pc / heun steps when sampling
     config.sampling.denoise = True  # final Tweedie step
+    config.sampling.batch_size = 2000  # samples per compiled sampler call
+    config.sampling.snr = 0.16  # pc: Langevin signal-to-noise ratio
+    config.sampling.corrector_steps = 1  # pc: corrector steps per step
+    config.sampling.rtol = 1e-3  # ode: adaptive solver tolerances for sampling
+    config.sampling.atol = 1e-3
     return config

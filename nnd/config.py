@@ -9,8 +9,9 @@ anything compiles. Math code never sees a ConfigDict.
 from __future__ import annotations
 
 import dataclasses
+import os
 
-from nnd import data, increments, losses, processes
+from nnd import data, increments, likelihood, losses, processes, samplers
 
 __all__ = ["Experiment", "resolve", "DATASETS", "MODELS"]
 
@@ -42,6 +43,52 @@ def _law(section, name_field: str, params_field: str) -> increments.Law:
         return increments.get(name, **params)
     except ValueError as err:
         raise _field_error(f"loss.{name_field}", err) from None
+
+
+def _positive_int(section, name: str, field: str, minimum: int = 1):
+    value = section[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"config.{name}.{field}: must be an integer >= {minimum}, got {value!r}")
+
+
+def _positive_float(section, name: str, field: str):
+    value = section[field]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"config.{name}.{field}: must be a positive number, got {value!r}")
+
+
+def _check_sampling(s):
+    if s.sampler not in samplers.SAMPLERS:
+        raise ValueError(f"config.sampling.sampler: unknown sampler {s.sampler!r}; choose one of "
+                         f"{samplers.SAMPLERS}")
+    for field in ("num_samples", "batch_size"):
+        _positive_int(s, "sampling", field)
+    _positive_int(s, "sampling", "corrector_steps", minimum=0)
+    for field in ("snr", "rtol", "atol"):
+        _positive_float(s, "sampling", field)
+
+
+def _check_eval(e):
+    if e.divergence not in likelihood.DIVERGENCES:
+        raise ValueError(f"config.eval.divergence: must be one of {likelihood.DIVERGENCES}, "
+                         f"got {e.divergence!r}")
+    if e.solver not in ("ode", "heun"):
+        raise ValueError(f"config.eval.solver: must be 'ode' or 'heun', got {e.solver!r}")
+    _positive_int(e, "eval", "num_examples", minimum=0)
+    for field in ("batch_size", "ode_steps", "num_repeats", "num_samples"):
+        _positive_int(e, "eval", field)
+    if e.num_samples < 2:
+        raise ValueError(f"config.eval.num_samples: the energy distance needs >= 2, got {e.num_samples}")
+    for field in ("rtol", "atol"):
+        _positive_float(e, "eval", field)
+    for law in e.picture_laws:
+        try:
+            increments.get(law)
+        except ValueError as err:
+            raise ValueError(f"config.eval.picture_laws: {err}") from None
+    if e.fid_weights and not os.path.isfile(e.fid_weights):
+        raise ValueError(f"config.eval.fid_weights: no such file {e.fid_weights!r} "
+                         "(see nnd/fid.py for how to obtain the weights)")
 
 
 def resolve(config, num_devices: int = 1) -> Experiment:
@@ -104,9 +151,8 @@ def resolve(config, num_devices: int = 1) -> Experiment:
     if not isinstance(config.train.sample_every, int) or config.train.sample_every < 0:
         raise ValueError(f"config.train.sample_every: must be an integer >= 0, got "
                          f"{config.train.sample_every!r}")
-    if not isinstance(config.eval.num_batches, int) or config.eval.num_batches < 1:
-        raise ValueError(f"config.eval.num_batches: must be a positive integer, got "
-                         f"{config.eval.num_batches!r}")
+    _check_sampling(config.sampling)
+    _check_eval(config.eval)
     if not 0.0 <= config.optim.ema_decay < 1.0:
         raise ValueError(f"config.optim.ema_decay: must be in [0, 1), got {config.optim.ema_decay}")
     return Experiment(process, q, p, sampling_law, num_steps)

@@ -1,6 +1,6 @@
 """Entry point: ``python -m nnd.main --config=configs/<name>.py --workdir=DIR [--mode=...]``.
 
-Flags and logging only; the work is in :mod:`nnd.train`.
+Flags and logging only; the work is in :mod:`nnd.train` and :mod:`nnd.evaluate`.
 """
 
 from absl import app, flags, logging
@@ -8,7 +8,7 @@ from ml_collections import config_flags
 
 import jax
 
-from nnd import train
+from nnd import evaluate, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
@@ -30,9 +30,9 @@ def main(argv):
     if FLAGS.mode == "train":
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == "eval":
-        train.evaluate(FLAGS.config, FLAGS.workdir)
+        evaluate.evaluate(FLAGS.config, FLAGS.workdir)
     else:
-        train.sample(FLAGS.config, FLAGS.workdir)
+        evaluate.sample(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

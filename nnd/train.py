@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from nnd import config as config_lib
-from nnd import data, losses, models, summaries
+from nnd import data, losses, models, pictures, samplers, summaries
 
 __all__ = [
     "TrainState",
@@ -41,12 +41,11 @@ __all__ = [
     "train_and_evaluate",
     "score_fn_from",
     "draw_samples",
+    "picture_title",
     "save_picture",
-    "sample",
-    "evaluate",
 ]
 
-_INIT_STREAM, _TRAIN_STREAM, _SAMPLE_STREAM, _EVAL_STREAM = 0, 2, 3, 4
+INIT_STREAM, TRAIN_STREAM, SAMPLE_STREAM, EVAL_STREAM = 0, 2, 3, 4
 
 
 @flax.struct.dataclass
@@ -163,7 +162,7 @@ def build(config, workdir: str, mesh=None):
     batches = data.make_batches(config)
     example = jnp.zeros((batches.local_batch,) + batches.shape, jnp.float32)
     init_fn = functools.partial(init_state, model, tx)
-    abstract = jax.eval_shape(init_fn, jax.random.fold_in(root, _INIT_STREAM), example)
+    abstract = jax.eval_shape(init_fn, jax.random.fold_in(root, INIT_STREAM), example)
     state_sharding = jax.tree.map(lambda _: replicated, abstract)
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
@@ -178,7 +177,7 @@ def build(config, workdir: str, mesh=None):
     state = restore_latest(manager, abstract)
     if state is None:
         state = jax.jit(init_fn, out_shardings=state_sharding)(
-            jax.random.fold_in(root, _INIT_STREAM), example)
+            jax.random.fold_in(root, INIT_STREAM), example)
     return dict(experiment=experiment, model=model, schedule=schedule, mesh=mesh,
                 batch_sharding=batch_sharding, step_fn=step_fn, manager=manager,
                 state=state, root=root, batches=batches)
@@ -187,11 +186,11 @@ def build(config, workdir: str, mesh=None):
 def _progress_picture(run, config, state, step: int, workdir: str):
     """Samples from the current EMA parameters, saved as ``workdir/samples/step_<N>.png``."""
     n = 1000 if len(run["batches"].shape) == 1 else 64
-    key = jax.random.fold_in(jax.random.fold_in(run["root"], _SAMPLE_STREAM), step)
-    samples = draw_samples(run, config, state.ema_params, n, key)
+    key = jax.random.fold_in(jax.random.fold_in(run["root"], SAMPLE_STREAM), step)
+    samples, nfe = draw_samples(run, config, state.ema_params, n, key)
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
     path = os.path.join(workdir, "samples", f"step_{step}.png")
-    save_picture(run, config, samples, path)
+    save_picture(samples, path, picture_title(config, run["experiment"], nfe=nfe) + f", step {step}")
     logging.info("step %d: sample picture %s", step, path)
 
 
@@ -204,7 +203,7 @@ def train_and_evaluate(config, workdir: str, mesh=None) -> TrainState:
     total = config.train.num_steps
     if start:
         logging.info("resumed from step %d in %s", start, workdir)
-    train_root = jax.random.fold_in(run["root"], _TRAIN_STREAM)
+    train_root = jax.random.fold_in(run["root"], TRAIN_STREAM)
     writer = summaries.SummaryWriter(workdir, enabled=jax.process_index() == 0)
     pending = None  # metrics of the previous step, fetched one step late
     t_last, step_last = time.time(), start
@@ -257,154 +256,41 @@ def score_fn_from(model, params, process):
     return score_fn
 
 
-def draw_samples(run, config, params, num_samples: int, key):
-    """Reverse-walk samples [N, ...] from ``params`` with the configured sampling law."""
-    from nnd import walks  # noqa: PLC0415  (kept local: sampling-only dependency)
+def draw_samples(run, config, params, num_samples: int, key, *, law=None, sampler=None):
+    """(samples [N, ...], NFE per sample) from ``params`` with the configured sampler.
 
+    ``sampling.sampler`` picks the reverse walk, predictor–corrector or the PF-ODE
+    (nnd.samplers), or ``sampler`` if given; ``law`` (default the configured sampling
+    law) is the increment law of the walk and corrector. Drawn ``sampling.batch_size`` at a time with one
+    compiled sampler; chunk i uses ``fold_in(key, i)``.
+    """
     experiment = run["experiment"]
+    s = config.sampling
+    law = experiment.sampling_law if law is None else law
+    sampler = s.sampler if sampler is None else sampler
     score_fn = score_fn_from(run["model"], params, experiment.process)
-    shape = (num_samples,) + run["batches"].shape
-    draw = jax.jit(lambda k: walks.reverse(
-        experiment.process, experiment.sampling_law, score_fn, k, shape,
-        config.sampling.num_steps, denoise=config.sampling.denoise))
-    return np.asarray(draw(key))
+    batch = min(num_samples, s.batch_size)
+    shape = (batch,) + run["batches"].shape
+    draw = jax.jit(lambda k: samplers.sample(
+        sampler, experiment.process, law, score_fn, k, shape, num_steps=s.num_steps,
+        denoise=s.denoise, snr=s.snr, corrector_steps=s.corrector_steps, rtol=s.rtol, atol=s.atol))
+    chunks, nfes = [], []
+    for i in range(-(-num_samples // batch)):
+        x, nfe = draw(jax.random.fold_in(key, i))
+        chunks.append(np.asarray(x))
+        nfes.append(int(nfe))
+    return np.concatenate(chunks)[:num_samples], float(np.mean(nfes))
 
 
-def save_picture(run, config, samples, path: str):
+def picture_title(config, experiment, law=None, nfe=None) -> str:
+    law = experiment.sampling_law if law is None else law
+    title = (f"{config.data.name}: q={experiment.q}, p={experiment.p}; "
+             f"{config.sampling.sampler} sampler, law {law}")
+    return title + (f", NFE {nfe:.0f}" if nfe is not None else "")
+
+
+def save_picture(samples, path: str, title: str):
     """A scatter plot (2-D data) or an image grid of ``samples``."""
-    experiment = run["experiment"]
-    title = (f"{config.data.name}: q={experiment.q}, p={experiment.p}, "
-             f"sampled with {experiment.sampling_law}, K={config.sampling.num_steps}")
-    picture = _scatter_png if samples.ndim == 2 else _grid_png
-    picture(samples, path, title=title)
+    (pictures.scatter_png if np.asarray(samples).ndim == 2 else pictures.grid_png)(samples, path, title)
 
 
-def sample(config, workdir: str):
-    """Restores the latest EMA parameters and draws ``sampling.num_samples`` by the reverse walk.
-
-    Writes ``workdir/samples.npz`` (array ``samples``, in the data space of the
-    training batches) and ``workdir/samples.png``.
-    """
-    run = build(config, workdir)
-    if run["manager"].latest_step() is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
-    key = jax.random.fold_in(run["root"], _SAMPLE_STREAM)
-    samples = draw_samples(run, config, run["state"].ema_params, config.sampling.num_samples, key)
-    np.savez(os.path.join(workdir, "samples.npz"), samples=samples)
-    save_picture(run, config, samples, os.path.join(workdir, "samples.png"))
-    return samples
-
-
-def _scatter_png(x_Nx2, path: str, title: str):
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(x_Nx2[:, 0], x_Nx2[:, 1], s=2, alpha=0.5)
-    ax.set_aspect("equal")
-    ax.set_title(title, fontsize=8)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
-def _grid_png(x_NxHxWxC, path: str, title: str, max_images: int = 64):
-    """A square grid of images in [-1, 1]."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    x = np.clip((np.asarray(x_NxHxWxC[:max_images]) + 1.0) / 2.0, 0.0, 1.0)
-    n, h, w, c = x.shape
-    cols = int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / cols))
-    grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c), np.float32)
-    for i in range(n):
-        r, col = divmod(i, cols)
-        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + col * (w + 1):1 + col * (w + 1) + w] = x[i]
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None,
-              interpolation="nearest")
-    ax.axis("off")
-    ax.set_title(title, fontsize=8)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
-def evaluate(config, workdir: str) -> dict:
-    """A minimal evaluation of the latest EMA parameters; writes ``workdir/eval/metrics.json``.
-
-    - the eq. (5) objective on held-out data (``eval.num_batches`` batches of the
-      test split for images, fresh draws for the toys), without and with the
-      mismatch penalty K·D·ℓ(0), in nats per example;
-    - energy distance between ``sampling.num_samples`` reverse-walk samples and as
-      many held-out examples (pixel space for images), and for ``gmm8`` the blob
-      width and the share of samples nearest each centre;
-    - NFE (score evaluations per sample) and wall time.
-
-    Likelihoods in bits/dim and FID come with the evaluation module (issue 4).
-    """
-    import json  # noqa: PLC0415
-
-    from nnd import metrics as metrics_lib  # noqa: PLC0415
-    from nnd import oracles  # noqa: PLC0415
-
-    start = time.time()
-    run = build(config, workdir)
-    step = run["manager"].latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
-    experiment, model = run["experiment"], run["model"]
-    params = run["state"].ema_params
-    key = jax.random.fold_in(run["root"], _EVAL_STREAM)
-    held_out = data.Batches(config.data.name, config.seed + 1, config.data.batch_size,
-                            split="test")
-
-    @functools.partial(jax.jit, static_argnames="include_penalty")
-    def objective(params, x, k, include_penalty):
-        eps_fn = lambda x_, t_: model.apply({"params": params}, x_, t_)  # noqa: E731
-        loss_B, _ = losses.objective(eps_fn, x, k, process=experiment.process,
-                                     q=experiment.q, p=experiment.p,
-                                     num_steps=experiment.num_steps,
-                                     include_penalty=include_penalty)
-        return jnp.mean(loss_B)
-
-    values = {False: [], True: []}
-    examples = []
-    for i in range(config.eval.num_batches):
-        x = jnp.asarray(held_out(i))
-        examples.append(np.asarray(x))
-        for include_penalty in (False, True):
-            values[include_penalty].append(float(objective(
-                params, x, jax.random.fold_in(key, i), include_penalty)))
-    n = config.sampling.num_samples
-    samples = draw_samples(run, config, params, n, jax.random.fold_in(key, 10**6))
-    reference, i = np.concatenate(examples), config.eval.num_batches
-    while len(reference) < n:  # more held-out examples than the objective used
-        reference, i = np.concatenate([reference, held_out(i)]), i + 1
-    reference = reference[:n]
-    result = {
-        "step": int(step),
-        "objective_nats": float(np.mean(values[False])),
-        "objective_with_penalty_nats": float(np.mean(values[True])),
-        "objective_batches": config.eval.num_batches,
-        "energy_distance": metrics_lib.energy_distance(samples.reshape(n, -1),
-                                                       reference.reshape(n, -1)),
-        "num_samples": n,
-        "sampling_law": str(experiment.sampling_law),
-        "nfe": config.sampling.num_steps + int(config.sampling.denoise),
-        "finite_samples": bool(np.all(np.isfinite(samples))),
-    }
-    if config.data.name == "gmm8":
-        width, nearest = metrics_lib.nearest_centre(samples, oracles.gmm8().means)
-        result["blob_width"] = width
-        result["share_per_centre"] = (np.bincount(nearest, minlength=8) / n).tolist()
-    result["wall_seconds"] = time.time() - start
-    out_dir = os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    logging.info("eval at step %d: %s", step, result)
-    return result

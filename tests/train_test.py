@@ -9,7 +9,7 @@ import pytest
 
 from configs import default
 from nnd import config as config_lib
-from nnd import train
+from nnd import evaluate, train
 
 
 def _tiny_config(num_steps=6):
@@ -63,7 +63,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
 def test_sample_mode_writes_samples_and_picture(tmp_path):
     config = _tiny_config()
     train.train_and_evaluate(config, str(tmp_path))
-    samples = train.sample(config, str(tmp_path))
+    samples = evaluate.sample(config, str(tmp_path))
     assert samples.shape == (50, 2) and np.all(np.isfinite(samples))
     with np.load(tmp_path / "samples.npz") as f:
         np.testing.assert_array_equal(f["samples"], samples)
@@ -72,7 +72,7 @@ def test_sample_mode_writes_samples_and_picture(tmp_path):
 
 def test_sample_without_checkpoint_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match="train first"):
-        train.sample(_tiny_config(), str(tmp_path))
+        evaluate.sample(_tiny_config(), str(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -84,6 +84,13 @@ def test_sample_without_checkpoint_raises(tmp_path):
         ("data.name", "cifar100", "config.data.name"),
         ("loss.num_steps", 0, "config.loss.num_steps"),
         ("sampling.law", "normal", "config.sampling.law"),
+        ("sampling.sampler", "euler", "config.sampling.sampler"),
+        ("sampling.snr", 0.0, "config.sampling.snr"),
+        ("eval.divergence", "hutchinson", "config.eval.divergence"),
+        ("eval.solver", "rk4", "config.eval.solver"),
+        ("eval.num_samples", 1, "config.eval.num_samples"),
+        ("eval.picture_laws", ("gaussian", "normal"), "config.eval.picture_laws"),
+        ("eval.fid_weights", "/nonexistent/inception.npz", "config.eval.fid_weights"),
     ],
 )
 def test_bad_config_is_refused_naming_the_field(field, value, message):
@@ -157,7 +164,7 @@ def test_unet_option_trains_on_mock_cifar(tmp_path):
     config.model.name = "unet"
     with tfds.testing.mock_data(num_examples=8):
         state = train.train_and_evaluate(config, str(tmp_path))
-        samples = train.sample(config, str(tmp_path))
+        samples = evaluate.sample(config, str(tmp_path))
     assert int(state.step) == 1
     assert samples.shape == (4, 32, 32, 3) and np.all(np.isfinite(samples))
 
@@ -215,7 +222,7 @@ def test_toy_config_learns_gmm8(tmp_path, name):
     config = importlib.import_module(f"configs.{name}").get_config()
     config.train.sample_every = 0
     train.train_and_evaluate(config, str(tmp_path))
-    samples = train.sample(config, str(tmp_path))
+    samples = evaluate.sample(config, str(tmp_path))
     assert samples.shape == (2000, 2)
     gmm = oracles.gmm8()
     data = np.asarray(oracles.sample_gmm(jax.random.key(12345), gmm, 2000))
@@ -225,31 +232,3 @@ def test_toy_config_learns_gmm8(tmp_path, name):
     assert ed <= 0.005, ed
     assert np.all((share >= 0.08) & (share <= 0.17)), share
     assert abs(width - 0.02) <= 0.2 * 0.02, width
-
-
-def test_eval_mode_writes_metrics(tmp_path):
-    config = _tiny_config()
-    config.eval.num_batches = 2
-    with pytest.raises(FileNotFoundError, match="train first"):
-        train.evaluate(config, str(tmp_path))
-    train.train_and_evaluate(config, str(tmp_path))
-    result = train.evaluate(config, str(tmp_path))
-    on_disk = json.load(open(tmp_path / "eval" / "metrics.json"))
-    assert on_disk == json.loads(json.dumps(result))
-    assert result["step"] == 6 and result["nfe"] == config.sampling.num_steps + 1
-    assert result["finite_samples"] and len(result["share_per_centre"]) == 8
-    # laplace/laplace has l(0) = 0, so the penalty adds nothing.
-    assert result["objective_with_penalty_nats"] == pytest.approx(result["objective_nats"])
-
-
-def test_eval_objective_counts_the_penalty_for_mismatched_laws(tmp_path):
-    config = _tiny_config()
-    config.loss.q, config.loss.p = "uniform", "laplace"
-    config.eval.num_batches = 1
-    train.train_and_evaluate(config, str(tmp_path))
-    result = train.evaluate(config, str(tmp_path))
-    # K·D·l(0) with K = 20, D = 2 and l_{U,L}(0) = log(b/a) + a/(2b).
-    b, a = 1 / np.sqrt(2), np.sqrt(3)
-    penalty = 20 * 2 * (np.log(b / a) + a / (2 * b))
-    assert result["objective_with_penalty_nats"] - result["objective_nats"] == pytest.approx(
-        penalty, rel=1e-4)

@@ -1,0 +1,295 @@
+"""``--mode=eval`` and ``--mode=sample``: likelihood, the eq. (5) walk sum, samples, FID, pictures.
+
+:func:`evaluate` restores the latest EMA parameters of a run and writes
+``WORKDIR/eval/metrics.json`` and pictures:
+
+- ``likelihood``: PF-ODE log-likelihood (SPEC §5) of held-out data, in bits/dim
+  for quantised images (every example of the evaluated split, ``num_repeats``
+  dequantisations, standard errors) and nats/dim for the 2-D toys;
+- ``walk_bound``: the eq. (5) sum (prior KL + Σ_k L_k + reconstruction) with and
+  without the mismatch penalty K·D·ℓ(0) on the same examples. An estimate; a
+  certified bound only for gaussian/gaussian (SPEC §5);
+- ``samples``: ``eval.num_samples`` samples by the configured sampler, their NFE
+  and energy distance to held-out data (pixel space for images);
+- ``fid`` when ``eval.fid_weights`` is set (images only);
+- ``samples_by_law.png`` (one seed, one panel per law in ``eval.picture_laws``:
+  the paper's Figure 1), ``samples.png`` and ``shift_kl.png`` (ℓ_{q,p}(u) for the
+  Table 1 pairs).
+
+Keys: the evaluation stream of the root key (nnd.train) is split into named
+streams, so each part is reproducible on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nnd import data, increments, likelihood, losses, metrics, oracles, pictures, train
+
+__all__ = ["TABLE1_PAIRS", "restore", "held_out", "evaluate", "sample"]
+
+#: The (q, p) pairs of the paper's Table 1 (and Table 2's rows), plotted in shift_kl.png.
+TABLE1_PAIRS = (("gaussian", "gaussian"), ("laplace", "laplace"), ("uniform", "gaussian"),
+                ("uniform", "laplace"))
+
+_LIKELIHOOD, _BOUND, _SAMPLES, _PICTURES, _DEQUANTISE = range(5)
+
+
+def restore(config, workdir: str) -> dict:
+    """The run of :func:`nnd.train.build` with its latest checkpoint; raises if there is none."""
+    run = train.build(config, workdir)
+    if run["manager"].latest_step() is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
+    return run
+
+
+def held_out(config, num_examples: int):
+    """(x, levels): held-out examples; ``levels`` are the integer images (None for toys).
+
+    Images: the first ``num_examples`` of the test split (all if 0). Toys: fresh
+    draws from the data stream of seed + 1 (never seen in training).
+    """
+    name = config.data.name
+    if name in data.TOYS:
+        n = num_examples or 1000
+        return np.asarray(data.toy_batch(name, config.seed + 1, 0, n)), None
+    source = data.image_source(name, "test")
+    n = len(source) if num_examples == 0 else min(num_examples, len(source))
+    shape = data.IMAGES[name].shape
+    levels = np.stack([np.asarray(source[i]["image"]).reshape(shape) for i in range(n)])
+    return None, levels
+
+
+def _dequantised(levels, num_levels: int, key):
+    u = np.asarray(jax.random.uniform(key, levels.shape))
+    return data.dequantize(levels, u, num_levels)
+
+
+def _batched(fn, x, batch_size: int):
+    """Applies ``fn(x_batch, i)`` to fixed-size batches of x (last padded); concatenates [N] leaves."""
+    n = len(x)
+    outputs = []
+    for i in range(-(-n // batch_size)):
+        idx = np.minimum(np.arange(i * batch_size, (i + 1) * batch_size), n - 1)
+        outputs.append(jax.tree.map(np.asarray, fn(jnp.asarray(x[idx]), i)))
+    return jax.tree.map(lambda *a: np.concatenate(a)[:n], *outputs)
+
+
+def _likelihood(config, run, params, x, levels, key) -> dict:
+    e, process = config.eval, run["experiment"].process
+    model = run["model"]
+
+    @jax.jit
+    def solve(params, z, k):
+        score = train.score_fn_from(model, params, process)
+        lp, stats = likelihood.log_prob_with_stats(
+            process, score, z, k, e.divergence, e.rtol, e.atol, solver=e.solver,
+            num_steps=e.ode_steps)
+        return lp, stats.nfe, stats.finished
+
+    nfes, unfinished = [], []
+
+    def log_prob_fn(z, k):
+        lp, nfe, finished = solve(params, z, k)
+        nfes.append(int(nfe))
+        unfinished.append(not bool(finished))
+        return lp
+
+    def progress(done, total):
+        logging.info("likelihood: batch %d/%d (NFE %d)", done, total, nfes[-1])
+
+    start = time.time()
+    dim = math.prod(run["batches"].shape)
+    if levels is not None:
+        result = likelihood.dataset_bpd(log_prob_fn, levels, run["batches"].num_levels,
+                                        batch_size=min(e.batch_size, len(levels)), key=key,
+                                        num_repeats=e.num_repeats, progress=progress)
+        result["unit"] = "bits/dim"
+    else:
+        per_repeat = []
+        for r in range(e.num_repeats):
+            lp = _batched(lambda z, i, r=r: log_prob_fn(z, jax.random.fold_in(
+                jax.random.fold_in(key, r), i)), x, min(e.batch_size, len(x)))
+            per_repeat.append(float(np.mean(lp)) / dim)
+        means = np.asarray(per_repeat)
+        result = {"nats_per_dim": float(means.mean()), "num_examples": len(x),
+                  "num_repeats": e.num_repeats, "per_repeat": means.tolist(),
+                  "se_repeats": float(means.std(ddof=1) / math.sqrt(len(means)))
+                  if len(means) > 1 else None, "unit": "nats/dim (log-likelihood)"}
+        if config.data.name == "gmm8":
+            exact = oracles.gmm_log_prob(process, oracles.gmm8())(
+                jnp.asarray(x), jnp.zeros((len(x),), jnp.float32))
+            result["exact_nats_per_dim"] = float(np.mean(np.asarray(exact))) / dim
+    if any(unfinished):
+        raise FloatingPointError("likelihood: the adaptive solver ran out of steps "
+                                 f"({sum(unfinished)} batches); loosen eval.rtol/atol")
+    result.update(divergence=likelihood._resolve_divergence(e.divergence, dim), solver=e.solver,
+                  rtol=e.rtol, atol=e.atol, nfe_mean=float(np.mean(nfes)),
+                  seconds=time.time() - start)
+    return result
+
+
+def _walk_bound(config, run, params, x, levels, key) -> dict:
+    experiment, model = run["experiment"], run["model"]
+    if levels is not None:
+        x = _dequantised(levels, run["batches"].num_levels, jax.random.fold_in(key, 1))
+    dim = math.prod(x.shape[1:])
+
+    @jax.jit
+    def terms(params, z, k):
+        eps_fn = lambda x_, t_: model.apply({"params": params}, x_, t_)  # noqa: E731
+        return likelihood.walk_bound(experiment.process, eps_fn, z, k, q=experiment.q,
+                                     p=experiment.p, num_steps=experiment.num_steps)
+
+    start = time.time()
+    out = _batched(lambda z, i: {k: v for k, v in terms(params, z, jax.random.fold_in(key, i)).items()
+                                 if k != "penalty"}, x, min(config.eval.batch_size, len(x)))
+    penalty = float(experiment.num_steps * dim * losses.penalty(experiment.q, experiment.p))
+    mean = {k: float(np.mean(v)) for k, v in out.items()}
+    result = {f"{k}_nats": v for k, v in mean.items()}
+    result.update(penalty_nats=penalty, num_examples=len(x), num_steps=experiment.num_steps,
+                  seconds=time.time() - start,
+                  note="estimate of the eq. (5) sum with Gaussian marginals; a certified bound "
+                       "only for gaussian/gaussian")
+    if levels is not None:
+        num_levels = run["batches"].num_levels
+        for k in ("total", "total_with_penalty"):
+            result[f"{k}_bpd"] = float(np.mean(likelihood.bits_per_dim(-out[k], dim, num_levels)))
+    else:
+        for k in ("total", "total_with_penalty"):
+            result[f"{k}_nats_per_dim"] = mean[k] / dim
+    return result
+
+
+def _fid(config, run, samples) -> dict | None:
+    from nnd import fid  # noqa: PLC0415  (heavy: only when weights are given)
+
+    weights = config.eval.fid_weights
+    if not weights:
+        return None
+    if config.data.name not in data.IMAGES:
+        return {"skipped": "FID needs image data"}
+    start = time.time()
+    feature_fn = fid.make_feature_fn(fid.load_weights(weights))
+    with open(weights, "rb") as f:
+        digest = hashlib.sha1(f.read()).hexdigest()[:12]
+    cache_dir = config.eval.fid_cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "nnd")
+    cache = os.path.join(cache_dir, f"fid_{config.data.name}_train_{digest}.npz")
+    source = data.image_source(config.data.name, "train")
+    spec = data.IMAGES[config.data.name]
+
+    def reals(batch=500):
+        for lo in range(0, len(source), batch):
+            hi = min(lo + batch, len(source))
+            n = np.stack([np.asarray(source[i]["image"]).reshape(spec.shape) for i in range(lo, hi)])
+            yield 2.0 * n.astype(np.float32) / (spec.num_levels - 1) - 1.0
+
+    reference = fid.reference_statistics(feature_fn, reals(), cache)
+    return {"fid": fid.fid(feature_fn, samples, reference), "num_samples": len(samples),
+            "reference": cache, "seconds": time.time() - start}
+
+
+def _pictures(config, run, params, key, out_dir: str) -> list[str]:
+    experiment = run["experiment"]
+    n = 1000 if len(run["batches"].shape) == 1 else 64
+    panels = {}
+    for law_name in config.eval.picture_laws:
+        law = increments.get(law_name)
+        samples, nfe = train.draw_samples(run, config, params, n, key, law=law, sampler="walk")
+        panels[f"{law_name} steps (NFE {nfe:.0f})"] = samples
+    by_law = os.path.join(out_dir, "samples_by_law.png")
+    pictures.side_by_side_png(
+        panels, by_law, f"{config.data.name}: trained with q={experiment.q}, p={experiment.p}; "
+        f"reverse walk, K={config.sampling.num_steps}, one seed, increment law per panel")
+    u = np.linspace(-3.0, 3.0, 241, dtype=np.float32)
+    pairs = list(TABLE1_PAIRS)
+    own = (str(experiment.q), str(experiment.p))
+    if own not in pairs:
+        pairs.append(own)
+    curves = {f"{q}/{p}": (u, np.asarray(losses.shift_kl(q, p, u))) for q, p in pairs}
+    kl_path = os.path.join(out_dir, "shift_kl.png")
+    pictures.shift_kl_png(curves, kl_path, "Table 1: per-coordinate KL of a shifted step",
+                          highlight=f"{own[0]}/{own[1]}")
+    return [by_law, kl_path]
+
+
+def evaluate(config, workdir: str) -> dict:
+    """Evaluates the latest EMA parameters; writes ``workdir/eval/metrics.json`` and pictures."""
+    start = time.time()
+    run = restore(config, workdir)
+    step = int(run["manager"].latest_step())
+    params = run["state"].ema_params
+    experiment = run["experiment"]
+    root = jax.random.fold_in(run["root"], train.EVAL_STREAM)
+    out_dir = os.path.join(workdir, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    x, levels = held_out(config, config.eval.num_examples)
+    result = {"step": step, "dataset": config.data.name, "q": str(experiment.q),
+              "p": str(experiment.p), "num_steps": experiment.num_steps}
+    logging.info("eval at step %d: %d held-out examples", step,
+                 len(x) if x is not None else len(levels))
+    if config.eval.likelihood:
+        result["likelihood"] = _likelihood(config, run, params, x, levels,
+                                           jax.random.fold_in(root, _LIKELIHOOD))
+        logging.info("likelihood: %s", result["likelihood"])
+    result["walk_bound"] = _walk_bound(config, run, params, x, levels,
+                                       jax.random.fold_in(root, _BOUND))
+    logging.info("walk bound: %s", result["walk_bound"])
+
+    t0 = time.time()
+    n = config.eval.num_samples
+    samples, nfe = train.draw_samples(run, config, params, n, jax.random.fold_in(root, _SAMPLES))
+    reference = x if levels is None else _dequantised(
+        levels, run["batches"].num_levels, jax.random.fold_in(root, _DEQUANTISE))
+    result["samples"] = {
+        "sampler": config.sampling.sampler, "law": str(experiment.sampling_law),
+        "num_steps": config.sampling.num_steps, "nfe": nfe, "num_samples": n,
+        "finite": bool(np.all(np.isfinite(samples))),
+        "energy_distance": metrics.energy_distance(samples.reshape(n, -1),
+                                                   reference.reshape(len(reference), -1)),
+        "reference_examples": len(reference), "seconds": time.time() - t0,
+    }
+    if config.data.name == "gmm8":
+        width, nearest = metrics.nearest_centre(samples, oracles.gmm8().means)
+        result["samples"]["blob_width"] = width
+        result["samples"]["share_per_centre"] = (np.bincount(nearest, minlength=8) / n).tolist()
+    train.save_picture(samples, os.path.join(out_dir, "samples.png"),
+                       train.picture_title(config, experiment, nfe=nfe))
+    fid_result = _fid(config, run, samples)
+    if fid_result is not None:
+        result["fid"] = fid_result
+    result["pictures"] = [os.path.basename(p) for p in
+                          _pictures(config, run, params, jax.random.fold_in(root, _PICTURES), out_dir)]
+    result["pictures"].append("samples.png")
+    result["wall_seconds"] = time.time() - start
+    if jax.process_index() == 0:
+        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+            json.dump(result, f, indent=2)
+    logging.info("eval written to %s (%.0f s)", out_dir, result["wall_seconds"])
+    return result
+
+
+def sample(config, workdir: str):
+    """Draws ``sampling.num_samples`` from the latest EMA parameters with the configured sampler.
+
+    Writes ``workdir/samples.npz`` (arrays ``samples`` in the data space of the
+    training batches, and ``nfe``) and ``workdir/samples.png``.
+    """
+    run = restore(config, workdir)
+    key = jax.random.fold_in(run["root"], train.SAMPLE_STREAM)
+    samples, nfe = train.draw_samples(run, config, run["state"].ema_params,
+                                      config.sampling.num_samples, key)
+    np.savez(os.path.join(workdir, "samples.npz"), samples=samples, nfe=nfe)
+    train.save_picture(samples, os.path.join(workdir, "samples.png"),
+                       train.picture_title(config, run["experiment"], nfe=nfe))
+    logging.info("%d samples (NFE %.0f) in %s/samples.npz", len(samples), nfe, workdir)
+    return samples

@@ -1,0 +1,93 @@
+"""Pictures: sample scatters and image grids, laws side by side, and ℓ_{q,p}(u) curves.
+
+matplotlib with the Agg backend, imported lazily (only pictures need it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["scatter_png", "grid_png", "side_by_side_png", "shift_kl_png", "image_grid"]
+
+
+def _pyplot():
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def image_grid(x_NxHxWxC, max_images: int = 64) -> np.ndarray:
+    """A square grid [rows·(H+1)+1, cols·(W+1)+1, C] of images in [-1, 1], mapped to [0, 1]."""
+    x = np.clip((np.asarray(x_NxHxWxC[:max_images], np.float32) + 1.0) / 2.0, 0.0, 1.0)
+    n, h, w, c = x.shape
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c), np.float32)
+    for i in range(n):
+        r, col = divmod(i, cols)
+        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + col * (w + 1):1 + col * (w + 1) + w] = x[i]
+    return grid
+
+
+def _draw(ax, samples, title):
+    """A scatter for [N, 2] samples, an image grid for [N, H, W, C]."""
+    samples = np.asarray(samples)
+    if samples.ndim == 2:
+        ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5)
+        ax.set_aspect("equal")
+    else:
+        grid = image_grid(samples)
+        ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid,
+                  cmap="gray" if grid.shape[-1] == 1 else None, interpolation="nearest")
+        ax.axis("off")
+    ax.set_title(title, fontsize=8)
+
+
+def _save(fig, path):
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    _pyplot().close(fig)
+
+
+def scatter_png(x_Nx2, path: str, title: str):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    _draw(ax, x_Nx2, title)
+    _save(fig, path)
+
+
+def grid_png(x_NxHxWxC, path: str, title: str):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    _draw(ax, x_NxHxWxC, title)
+    _save(fig, path)
+
+
+def side_by_side_png(panels: dict, path: str, title: str):
+    """One panel per entry ``{label: samples}`` in a row (the paper's Figure 1 layout)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.3), squeeze=False)
+    for ax, (label, samples) in zip(axes[0], panels.items()):
+        _draw(ax, samples, label)
+        if np.asarray(samples).ndim == 2:
+            ax.set_xlim(-1.8, 1.8)
+            ax.set_ylim(-1.8, 1.8)
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)
+
+
+def shift_kl_png(curves: dict, path: str, title: str, highlight: str | None = None):
+    """ℓ_{q,p}(u) against u: ``curves = {label: (u, ell)}``; ``highlight`` drawn thicker."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (u, ell) in curves.items():
+        ax.plot(u, ell, label=label, lw=2.5 if label == highlight else 1.2)
+    ax.set_xlabel("u  (mean shift in units of g√Δt)")
+    ax.set_ylabel("ℓ_{q,p}(u) = KL(q(· - u) ‖ p)  [nats]")
+    ax.axhline(0.0, color="k", lw=0.5)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    _save(fig, path)

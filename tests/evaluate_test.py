@@ -1,0 +1,174 @@
+"""Tests for nnd.evaluate (``--mode=eval`` and ``--mode=sample``) with tiny budgets."""
+
+import json
+
+import numpy as np
+import pytest
+
+from configs import default
+from nnd import evaluate, losses, train
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _tiny_toy_config():
+    config = default.get_config()
+    config.data.batch_size = 64
+    config.model.hidden, config.model.depth, config.model.embed_dim = 32, 1, 16
+    config.loss.num_steps = 20
+    config.train.num_steps = 6
+    config.train.log_every = 3
+    config.train.checkpoint_every = 3
+    config.train.sample_every = 0
+    config.optim.warmup_steps = 2
+    config.sampling.num_samples = 50
+    config.sampling.num_steps = 10
+    config.eval.num_examples = 40
+    config.eval.batch_size = 32  # 40 examples: one full and one padded batch
+    config.eval.rtol = config.eval.atol = 1e-3
+    config.eval.num_samples = 50
+    return config
+
+
+def _tiny_digits_config(row="laplace"):
+    import importlib
+
+    config = importlib.import_module(f"configs.digits_{row}").get_config()
+    config.data.batch_size = 16
+    config.model.channels, config.model.num_blocks, config.model.embed_dim = 8, 1, 8
+    config.loss.num_steps = 10
+    config.train.num_steps = 2
+    config.train.log_every = 1
+    config.train.checkpoint_every = 2
+    config.train.sample_every = 0
+    config.sampling.num_steps = 5
+    config.sampling.num_samples = 8
+    config.eval.num_examples = 10
+    config.eval.batch_size = 4
+    config.eval.num_repeats = 2
+    config.eval.rtol = config.eval.atol = 1e-2
+    config.eval.num_samples = 8
+    return config
+
+
+def _check_written(tmp_path, result):
+    on_disk = json.load(open(tmp_path / "eval" / "metrics.json"))
+    assert on_disk == json.loads(json.dumps(result))
+    for name in ("samples_by_law.png", "shift_kl.png", "samples.png"):
+        assert (tmp_path / "eval" / name).read_bytes()[:8] == PNG
+        assert name in result["pictures"]
+    assert result["wall_seconds"] > 0
+
+
+def test_eval_without_checkpoint_raises(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train first"):
+        evaluate.evaluate(_tiny_toy_config(), str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="train first"):
+        evaluate.sample(_tiny_toy_config(), str(tmp_path))
+
+
+def test_toy_eval_writes_every_file(tmp_path):
+    config = _tiny_toy_config()
+    train.train_and_evaluate(config, str(tmp_path))
+    result = evaluate.evaluate(config, str(tmp_path))
+    _check_written(tmp_path, result)
+    assert result["step"] == 6
+    lik = result["likelihood"]
+    assert lik["num_examples"] == 40 and lik["divergence"] == "exact"
+    assert np.isfinite(lik["nats_per_dim"]) and np.isfinite(lik["exact_nats_per_dim"])
+    assert lik["nfe_mean"] > 1
+    bound = result["walk_bound"]
+    assert bound["num_examples"] == 40 and bound["num_steps"] == 20
+    assert np.isfinite(bound["total_nats_per_dim"])
+    np.testing.assert_allclose(
+        bound["total_nats"], bound["prior_kl_nats"] + bound["steps_nats"]
+        + bound["reconstruction_nats"], rtol=1e-5)
+    # laplace/laplace: l(0) = 0, no penalty.
+    assert bound["penalty_nats"] == 0.0
+    s = result["samples"]
+    assert s["nfe"] == config.sampling.num_steps + 1 and s["finite"]
+    assert len(s["share_per_centre"]) == 8 and np.isfinite(s["energy_distance"])
+
+
+def test_eval_walk_sum_counts_the_penalty_for_mismatched_laws(tmp_path):
+    config = _tiny_toy_config()
+    config.loss.q, config.loss.p = "uniform", "laplace"
+    config.eval.likelihood = False
+    config.sampling.sampler = "heun"
+    train.train_and_evaluate(config, str(tmp_path))
+    result = evaluate.evaluate(config, str(tmp_path))
+    assert "likelihood" not in result
+    # K·D·l(0) with K = 20, D = 2 and l_{U,L}(0) = log(b/a) + a/(2b).
+    b, a = 1 / np.sqrt(2), np.sqrt(3)
+    penalty = 20 * 2 * (np.log(b / a) + a / (2 * b))
+    bound = result["walk_bound"]
+    assert bound["penalty_nats"] == pytest.approx(penalty, rel=1e-5)
+    assert bound["total_with_penalty_nats"] - bound["total_nats"] == pytest.approx(penalty, rel=1e-4)
+    assert result["samples"]["nfe"] == 2 * config.sampling.num_steps + 1  # heun, + denoise
+
+
+@pytest.mark.parametrize("sampler", ["walk", "pc", "ode"])
+def test_sample_mode_uses_the_configured_sampler(tmp_path, sampler):
+    config = _tiny_toy_config()
+    config.sampling.sampler = sampler
+    config.sampling.batch_size = 20  # 50 samples in 3 compiled calls
+    train.train_and_evaluate(config, str(tmp_path))
+    samples = evaluate.sample(config, str(tmp_path))
+    assert samples.shape == (50, 2) and np.all(np.isfinite(samples))
+    with np.load(tmp_path / "samples.npz") as f:
+        np.testing.assert_array_equal(f["samples"], samples)
+        expected = {"walk": 11, "pc": 21}.get(sampler)
+        assert float(f["nfe"]) == expected if expected else float(f["nfe"]) > 1
+
+
+@pytest.mark.slow
+def test_digits_eval_counts_every_test_example_and_writes_every_file(tmp_path):
+    config = _tiny_digits_config()
+    train.train_and_evaluate(config, str(tmp_path))
+    result = evaluate.evaluate(config, str(tmp_path))
+    _check_written(tmp_path, result)
+    lik = result["likelihood"]
+    assert lik["unit"] == "bits/dim" and lik["divergence"] == "exact"
+    assert lik["num_examples"] == 10 and lik["num_repeats"] == 2 and len(lik["per_repeat"]) == 2
+    assert np.isfinite(lik["bpd"]) and lik["se_repeats"] is not None
+    bound = result["walk_bound"]
+    assert np.isfinite(bound["total_bpd"]) and bound["total_with_penalty_bpd"] == bound["total_bpd"]
+    assert result["samples"]["reference_examples"] == 10
+
+
+def test_fid_is_computed_and_its_reference_cached(tmp_path, monkeypatch):
+    """The FID plumbing with a cheap stand-in feature network (the real one is tested in fid_test)."""
+    from nnd import fid
+
+    calls = []
+
+    def fake_feature_fn_maker(variables, batch_size=200):
+        def features(images):
+            calls.append(len(images))
+            x = np.asarray(images, np.float64).reshape(len(images), -1)
+            return np.stack([x.mean(1), x.std(1), x[:, :8].mean(1)], axis=1)
+        return features
+
+    monkeypatch.setattr(fid, "make_feature_fn", fake_feature_fn_maker)
+    monkeypatch.setattr(fid, "load_weights", lambda path: {})
+    weights = tmp_path / "weights.npz"
+    weights.write_bytes(b"stand-in")
+    config = _tiny_digits_config()
+    config.eval.likelihood = False
+    config.eval.fid_weights = str(weights)
+    config.eval.fid_cache_dir = str(tmp_path / "cache")
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    first = evaluate.evaluate(config, str(tmp_path / "run"))["fid"]
+    assert np.isfinite(first["fid"]) and first["num_samples"] == 8
+    reals = sum(calls) - 8
+    from nnd import data
+
+    assert reals == len(data.DigitsSource("train"))  # the whole train split, once
+    calls.clear()
+    second = evaluate.evaluate(config, str(tmp_path / "run"))["fid"]
+    assert calls == [8] and second["reference"] == first["reference"]  # cache reused
+
+
+def test_shift_kl_pairs_are_table_1():
+    for q, p in evaluate.TABLE1_PAIRS:
+        assert losses.has_closed_form(q, p)
