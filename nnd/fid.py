@@ -23,9 +23,11 @@ internet and PyTorch, once)::
     python -m nnd.fid convert pt_inception-2015-12-05-6726825d.pth inception_fid.npz
 
 which is ``torch.load`` → :func:`convert_torch_state_dict` → :func:`save_weights`. Then
-point the config field ``eval.fid_weights`` at ``inception_fid.npz``. The features match
-pytorch-fid's (same weights, bilinear resize to 299 without antialiasing, [-1, 1] input);
-like pytorch-fid's, they are close to but not bit-identical with the original TF FID.
+point the config field ``eval.fid_weights`` at ``inception_fid.npz``. The network,
+resize (bilinear to 299, no antialiasing) and [-1, 1] input follow pytorch-fid so that the
+features match it; this has NOT yet been checked against the real weights (no download
+here): compare a few features with pytorch-fid once before publishing numbers.
+pytorch-fid's features are themselves close to, not bit-identical with, TF's original FID.
 """
 
 from __future__ import annotations
