@@ -53,6 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 1000  # orbax save every N steps
     config.train.keep_checkpoints = 3  # keep the last M checkpoints
     config.train.sample_every = 2000  # sample picture in WORKDIR/samples/ every N steps (0: never)
+    config.train.skip_nonfinite = False  # True: skip steps with a non-finite loss/gradient instead of stopping
 
     config.eval = ml_collections.ConfigDict()
     config.eval.num_examples = 1000  # held-out examples for likelihood and walk sum (0: whole test split; toys: fresh draws)

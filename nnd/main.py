@@ -3,6 +3,8 @@
 Flags and logging only; the work is in :mod:`nnd.train` and :mod:`nnd.evaluate`.
 """
 
+import os
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -19,9 +21,52 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"],
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def multiprocess_environment(env=None) -> bool:
+    """True where several processes must join one JAX runtime.
+
+    That is: ``NND_DISTRIBUTED=1`` (set by launch/tpu_run.sh: on a TPU VM JAX finds
+    the slice's workers itself), ``JAX_COORDINATOR_ADDRESS`` set, a Slurm or Open MPI
+    job of more than one task, or a TPU worker list naming more than one host.
+    ``NND_DISTRIBUTED=0`` turns it off.
+    """
+    env = os.environ if env is None else env
+    if env.get("NND_DISTRIBUTED") in ("0", "1"):
+        return env["NND_DISTRIBUTED"] == "1"
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    for count in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        if int(env.get(count, "1") or "1") > 1:
+            return True
+    for hosts in ("TPU_PROCESS_ADDRESSES", "TPU_WORKER_HOSTNAMES"):
+        if len([h for h in env.get(hosts, "").split(",") if h]) > 1:
+            return True
+    return False
+
+
+def initialize_distributed(env=None) -> bool:
+    """Calls ``jax.distributed.initialize()`` in a multi-process environment (the only call in nnd).
+
+    JAX finds the processes itself on Cloud TPU, Slurm, Open MPI and GKE. Elsewhere
+    set ``JAX_COORDINATOR_ADDRESS`` (host:port of process 0), ``NND_NUM_PROCESSES``
+    and ``NND_PROCESS_ID`` on every process. Must run before anything touches the
+    devices. Returns whether it initialised.
+    """
+    env = os.environ if env is None else env
+    if not multiprocess_environment(env):
+        return False
+    kwargs = {}
+    if env.get("NND_NUM_PROCESSES"):
+        kwargs = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                      num_processes=int(env["NND_NUM_PROCESSES"]),
+                      process_id=int(env["NND_PROCESS_ID"]))
+    jax.distributed.initialize(**kwargs)
+    return True
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    initialize_distributed()
     if jax.process_index() == 0:
         logging.set_verbosity(logging.INFO)
     else:

@@ -1,0 +1,194 @@
+"""Fault tolerance of training: SIGTERM, SIGKILL, unreadable checkpoints, NaN, bad workdirs.
+
+Each interrupted run is resumed and compared with an uninterrupted one: every batch
+and key is a pure function of the step, so the final parameters must be identical.
+"""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import default
+from nnd import data, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOTAL = 1500
+
+
+def _config(num_steps=TOTAL, checkpoint_every=50):
+    config = default.get_config()
+    config.data.batch_size = 32
+    config.model.hidden, config.model.depth, config.model.embed_dim = 16, 1, 8
+    config.loss.num_steps = 20
+    config.train.num_steps = num_steps
+    config.train.log_every = 10
+    config.train.checkpoint_every = checkpoint_every
+    config.train.sample_every = 0
+    config.optim.warmup_steps = 2
+    return config
+
+
+def _leaves(state):
+    return [np.asarray(x) for x in jax.tree.leaves((state.params, state.ema_params, state.opt_state))]
+
+
+def _assert_same(a, b):
+    for x, y in zip(_leaves(a), _leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return train.train_and_evaluate(_config(), str(tmp_path_factory.mktemp("straight")))
+
+
+_CHILD = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    from tests.fault_tolerance_test import _config
+    from nnd import train
+    state = train.train_and_evaluate(_config(), {workdir!r})
+    print("final step", int(state.step))
+""")
+
+
+def _start_child(workdir):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.Popen([sys.executable, "-c", _CHILD.format(root=ROOT, workdir=str(workdir))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_for_steps(proc, workdir, min_step, timeout=300):
+    """Waits until metrics.jsonl shows min_step; fails if the child ends first."""
+    path = workdir / "metrics.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if path.exists():
+            steps = [json.loads(line)["step"] for line in path.read_text().splitlines() if line]
+            if steps and steps[-1] >= min_step:
+                return steps[-1]
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("child made no progress")
+
+
+def _checkpoints(workdir):
+    return sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_current_step_and_resume_is_identical(tmp_path, uninterrupted):
+    proc = _start_child(tmp_path)
+    _wait_for_steps(proc, tmp_path, 120)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "preempted: checkpoint of step" in err
+    stopped = int(out.split("final step")[1])
+    assert 120 <= stopped < TOTAL
+    assert _checkpoints(tmp_path)[-1] == stopped  # the current step, not the last periodic one
+    resumed = train.train_and_evaluate(_config(), str(tmp_path))
+    assert int(resumed.step) == TOTAL
+    _assert_same(resumed, uninterrupted)
+
+
+@pytest.mark.slow
+def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path, uninterrupted):
+    proc = _start_child(tmp_path)
+    seen = _wait_for_steps(proc, tmp_path, 170)
+    proc.kill()
+    proc.communicate()
+    saved = _checkpoints(tmp_path)
+    assert saved and seen - 50 - 10 <= saved[-1] <= TOTAL  # at most one interval behind
+    run = train.build(_config(), str(tmp_path))
+    assert int(run["state"].step) == saved[-1]
+    run["manager"].close()
+    resumed = train.train_and_evaluate(_config(), str(tmp_path))
+    _assert_same(resumed, uninterrupted)
+
+
+def _corrupt(step_dir):
+    """Overwrites every data file of a checkpoint with garbage of half its length."""
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            size = os.path.getsize(path)
+            with open(path, "wb") as f:
+                f.write(b"\x00garbage" * max(size // 16, 1))
+
+
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+    config = _config(num_steps=6, checkpoint_every=3)
+    straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    _corrupt(tmp_path / "run" / "checkpoints" / "6")
+    with caplog.at_level(logging.WARNING):
+        run = train.build(config, str(tmp_path / "run"))
+    assert int(run["state"].step) == 3
+    assert any("checkpoints/6 is unreadable" in r.getMessage() for r in caplog.records)
+    run["manager"].close()
+    aside = [d for d in os.listdir(tmp_path / "run" / "checkpoints") if d.startswith("6.unreadable")]
+    assert len(aside) == 1  # kept for inspection, out of orbax's way
+    resumed = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert int(resumed.step) == 6
+    _assert_same(resumed, straight)
+
+
+def _poison_step(monkeypatch, bad_step):
+    original = data.Batches.__call__
+
+    def batches(self, step):
+        x = original(self, step)
+        return np.full_like(x, np.nan) if step == bad_step else x
+
+    monkeypatch.setattr(data.Batches, "__call__", batches)
+
+
+def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    _poison_step(monkeypatch, 4)  # the batch of step index 4 gives step 5 a NaN loss
+    config = _config(num_steps=9, checkpoint_every=3)
+    with pytest.raises(FloatingPointError, match=r"step 5: non-finite loss.*last good checkpoint is step 3"):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert _checkpoints(tmp_path) == [3]
+    run = train.build(config, str(tmp_path))
+    assert all(np.all(np.isfinite(x)) for x in _leaves(run["state"]))
+    run["manager"].close()
+
+
+def test_skip_nonfinite_skips_the_bad_step(tmp_path, monkeypatch):
+    _poison_step(monkeypatch, 4)
+    config = _config(num_steps=9, checkpoint_every=3)
+    config.train.skip_nonfinite = True
+    state = train.train_and_evaluate(config, str(tmp_path))
+    assert int(state.step) == 9 and _checkpoints(tmp_path) == [3, 6, 9]
+    assert all(np.all(np.isfinite(x)) for x in _leaves(state))
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert records[-1]["skipped_steps"] == 1
+
+
+def test_workdir_that_is_a_file_is_refused_before_training(tmp_path):
+    path = tmp_path / "not_a_dir"
+    path.write_text("x")
+    with pytest.raises(OSError, match="not writable"):
+        train.train_and_evaluate(_config(num_steps=2), str(path))
+
+
+def test_full_disk_is_refused_before_training(tmp_path, monkeypatch):
+    import shutil
+    import collections
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 100, 100))
+    with pytest.raises(OSError, match="MiB free"):
+        train.train_and_evaluate(_config(num_steps=2), str(tmp_path))
+    assert not (tmp_path / "checkpoints" / "2").exists()
