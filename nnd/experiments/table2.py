@@ -122,7 +122,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-share", action="store_true",
                         help="train uniform/gaussian instead of copying gaussian/gaussian")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    # absl (imported by jax) installs a root handler that hides INFO until flags are
+    # parsed; replace it so progress shows.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     result = run(args.root, args.out, train_missing=args.train, share=not args.no_share)
     print(markdown(result))
     return result
