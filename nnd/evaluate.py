@@ -140,8 +140,9 @@ def _likelihood(config, run, params, x, levels, key) -> dict:
 
 def _walk_bound(config, run, params, x, levels, key) -> dict:
     experiment, model = run["experiment"], run["model"]
+    key_dequantise, key = jax.random.split(key)
     if levels is not None:
-        x = _dequantised(levels, run["batches"].num_levels, jax.random.fold_in(key, 1))
+        x = _dequantised(levels, run["batches"].num_levels, key_dequantise)
     dim = math.prod(x.shape[1:])
 
     @jax.jit
