@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from nnd.bench import OVERHEAD_GOAL, PEAK_FRACTION_GOAL
 from nnd.bench import train as bench_train
 
 
@@ -12,14 +13,29 @@ def test_train_benchmark_reports_every_row(tmp_path):
     out = tmp_path / "bench.json"
     report = bench_train.main(["--out", str(out), "--width", "8", "--blocks", "1",
                                "--batch", "4", "--steps", "1", "--repeats", "1",
-                               "--rows", "gaussian,uniform_laplace"])
+                               "--rows", "gaussian,uniform_laplace", "--matmul-sizes", "64,128",
+                               "--no-analysis"])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert report["goal_ratio"] == OVERHEAD_GOAL
+    assert report["goal_fraction_of_peak"] == PEAK_FRACTION_GOAL
     rows = report["rows"]
     assert [r["row"] for r in rows] == ["gaussian", "uniform_laplace"]
-    assert rows[0]["ratio"] == 1.0
+    assert rows[0]["ratio"] == 1.0 and rows[0]["loss_alone_ratio"] == 1.0
     for r in rows:
-        assert r["seconds_per_step"] > 0 and r["examples_per_second"] > 0
-        assert r["compile_seconds"] > 0
+        for key in ("seconds_per_step", "examples_per_second", "compile_seconds", "flops_per_step",
+                    "bytes_per_step", "achieved_flops_per_second", "fraction_of_matmul_peak",
+                    "loss_alone_seconds", "ratio", "loss_alone_ratio"):
+            assert r[key] > 0, (r["row"], key)
+        assert r["achieved_flops_per_second"] == pytest.approx(
+            r["flops_per_step"] / r["seconds_per_step"])
+    peak = report["matmul_peak"]
+    assert [p["name"] for p in peak["probes"]] == ["matmul 64", "matmul 128"]
+    assert peak["flops_per_second"] == max(p["flops_per_second"] for p in peak["probes"]) > 0
+    assert peak["probes"][1]["flops"] == 2 * 128 ** 3
+    assert report["stream_bandwidth"]["bytes_per_second"] > 0
+    assert "analysis" not in report
+    assert {"cpu_model", "device_kind", "backend"} <= set(report["machine"])
+    assert "| gaussian / gaussian |" in bench_train.markdown(report)
 
 
 def test_unknown_row_is_refused():

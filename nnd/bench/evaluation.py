@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nnd import data, increments, likelihood, metrics, oracles, processes, samplers, train
-from nnd.bench.walks import _machine
+from nnd.bench import machine
 
 __all__ = ["likelihood_benchmark", "sampler_benchmark", "markdown_tables", "main"]
 
@@ -171,7 +171,7 @@ def main(argv=None) -> dict:
                                            num_examples=args.examples, heun_steps=args.heun_steps,
                                            rtol=args.rtol),
         "samplers": sampler_benchmark(num_points=args.points, target=args.target, sweep=sweep),
-        "machine": _machine(),
+        "machine": machine.describe(),
     }
     print(markdown_tables(result))
     if args.out:

@@ -96,15 +96,19 @@ def _cost(compiled) -> dict:
             "bytes": float(cost.get("bytes accessed", float("nan")))}
 
 
-def _step_runner(compiled, state, batch_x, key):
-    """``run(n)``: n train steps (state threaded, donated), then block."""
+def _step_runner(compiled, state, batch_x, key, num_keys: int = 64):
+    """``run(n)``: n train steps (state threaded, donated), then block.
+
+    The per-step keys are made before timing and reused cyclically: the step's cost
+    does not depend on them.
+    """
+    keys = [jax.random.fold_in(key, i) for i in range(num_keys)]
     cell = {"state": state, "i": 0}
 
     def run(n: int) -> None:
         metrics = None
         for _ in range(n):
-            cell["state"], metrics = compiled(cell["state"], batch_x,
-                                              jax.random.fold_in(key, cell["i"]))
+            cell["state"], metrics = compiled(cell["state"], batch_x, keys[cell["i"] % num_keys])
             cell["i"] += 1
         jax.block_until_ready((cell["state"], metrics))
 
@@ -132,7 +136,8 @@ def prepare(row: str, *, width: int, blocks: int, batch: int, workdir: str,
     config, run = network(row, width=width, blocks=blocks, batch=batch, workdir=workdir)
     batch_x = _fixed_batch(run, batch)
     key = jax.random.key(0)
-    op_flops = limits_lib.flops_by_kind(run["step_fn"], run["state"], batch_x, key) if count_ops else None
+    op_flops = (limits_lib.flops_by_kind(run["step_fn"], run["state"], batch_x, key)
+                if count_ops else None)
     start = time.perf_counter()
     compiled = run["step_fn"].lower(run["state"], batch_x, key).compile()
     compile_s = time.perf_counter() - start
