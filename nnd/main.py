@@ -56,6 +56,9 @@ def initialize_distributed(env=None) -> bool:
         return False
     kwargs = {}
     if env.get("NND_NUM_PROCESSES"):
+        missing = [v for v in ("JAX_COORDINATOR_ADDRESS", "NND_PROCESS_ID") if not env.get(v)]
+        if missing:
+            raise ValueError(f"NND_NUM_PROCESSES is set but {', '.join(missing)} is not")
         kwargs = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
                       num_processes=int(env["NND_NUM_PROCESSES"]),
                       process_id=int(env["NND_PROCESS_ID"]))

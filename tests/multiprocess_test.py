@@ -53,6 +53,9 @@ def test_environment_detection():
     assert detect({"TPU_WORKER_HOSTNAMES": "a,b"}) and not detect({"TPU_WORKER_HOSTNAMES": "a"})
     assert detect({"NND_DISTRIBUTED": "1"}) and not detect({"NND_DISTRIBUTED": "0", "SLURM_NTASKS": "4"})
     assert not main_lib.initialize_distributed({})  # single process: nothing to do
+    with pytest.raises(ValueError, match="NND_PROCESS_ID"):
+        main_lib.initialize_distributed({"JAX_COORDINATOR_ADDRESS": "localhost:1",
+                                         "NND_NUM_PROCESSES": "2"})
 
 
 @pytest.mark.slow
