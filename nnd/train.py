@@ -257,14 +257,20 @@ def _progress_picture(run, config, state, step: int, workdir: str):
 class _Preemption:
     """SIGTERM (a preemption notice) sets a flag the loop checks after every step.
 
-    With several processes, orbax/JAX's preemption sync point makes every host
-    stop at the same step. The previous handler is restored on exit.
+    With several processes the Python handler is not installed: JAX's preemption
+    sync point (its own SIGTERM notifier) makes every host stop at the same step.
+    If that service is missing, the per-process handler is the fallback (logged:
+    hosts may then stop at different steps). The previous handler is restored on exit.
     """
 
     def __init__(self):
         self.requested = False
         self._previous = None
-        self._no_sync_point = False
+        self._sync = jax.process_count() > 1
+        if not self._sync:
+            self._install()
+
+    def _install(self):
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
 
@@ -273,14 +279,16 @@ class _Preemption:
         self.requested = True
 
     def reached(self, step: int) -> bool:
-        if jax.process_count() > 1 and not self._no_sync_point:
+        if self._sync:
             from jax.experimental import multihost_utils  # noqa: PLC0415
 
             try:
-                return multihost_utils.reached_preemption_sync_point(step) or self.requested
+                return bool(multihost_utils.reached_preemption_sync_point(step))
             except RuntimeError as err:  # no preemption service in this jax.distributed set-up
-                logging.warning("no preemption sync point (%s); SIGTERM is handled per process", err)
-                self._no_sync_point = True
+                logging.warning("no preemption sync point (%s): SIGTERM is handled per process, "
+                                "so hosts may stop at different steps", err)
+                self._sync = False
+                self._install()
         return self.requested
 
     def close(self):
