@@ -183,7 +183,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState):
 
 
 def _set_aside(manager, steps, workdir: str, config):
-    """Moves unreadable checkpoints to ``checkpoints/<step>.unreadable`` (deleted if remote)."""
+    """Moves unreadable checkpoints to ``checkpoints/<step>.unreadable.<time>`` (deleted if remote)."""
     if jax.process_index() == 0:
         for step in steps:
             path = os.path.join(str(manager.directory), str(step))
