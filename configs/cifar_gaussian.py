@@ -3,11 +3,11 @@
 Launch:
   python -m nnd.main --config=configs/cifar_gaussian.py --workdir=runs/cifar_gaussian
 Target hardware: Cloud TPU v4-8 or 8 GPUs (data parallel); one CPU core cannot train it.
-Expected time: not yet measured (the benchmark of issue 5 will give steps/s); VDM trained 10M steps.
+Expected time: not yet measured; VDM trained 10M steps.
 """
 
-from configs import images
+from nnd import defaults
 
 
 def get_config():
-    return images.cifar("gaussian")
+    return defaults.image("cifar10", "gaussian")

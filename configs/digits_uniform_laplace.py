@@ -6,8 +6,8 @@ Target hardware: 2 CPU cores.
 Expected time: about 10 minutes for 2000 steps on 2 CPU cores (measured: 9 min 41 s).
 """
 
-from configs import images
+from nnd import defaults
 
 
 def get_config():
-    return images.digits("uniform_laplace")
+    return defaults.image("digits", "uniform_laplace")

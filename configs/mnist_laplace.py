@@ -6,8 +6,8 @@ Target hardware: one GPU.
 Expected time: not yet measured.
 """
 
-from configs import images
+from nnd import defaults
 
 
 def get_config():
-    return images.mnist("laplace")
+    return defaults.image("mnist", "laplace")

@@ -8,11 +8,11 @@ Launch (2 CPU cores, about 2 minutes to train; then sample):
   python -m nnd.main --config=configs/toy_gaussian.py --workdir=runs/toy_gaussian --mode=sample
 """
 
-from configs import default
+from nnd import defaults
 
 
 def get_config():
-    config = default.get_config()
+    config = defaults.default()
     config.loss.q = "gaussian"
     config.loss.p = "gaussian"
     return config

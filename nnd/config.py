@@ -11,38 +11,55 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from nnd import data, increments, likelihood, losses, processes, samplers
+import flax.linen as nn
 
-__all__ = ["Experiment", "resolve", "DATASETS", "MODELS"]
+from nnd import data, increments, likelihood, losses, models, processes, samplers
+
+__all__ = ["Experiment", "resolve", "DATASETS"]
 
 #: Dataset names the data module knows.
 DATASETS = data.DATASETS
-#: Model names the models module knows.
-MODELS = ("mlp", "vdm", "unet")
 
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-    """What the math needs from a config: process, laws and the step count K."""
+    """What the math needs from a config: process, laws, K, the network and how to sample."""
 
     process: processes.Process
     q: increments.Law
     p: increments.Law
     sampling_law: increments.Law
     num_steps: int
+    model: nn.Module
+    sampling: samplers.Settings
 
 
 def _field_error(field: str, err: Exception) -> ValueError:
     return ValueError(f"config.{field}: {err}")
 
 
-def _law(section, name_field: str, params_field: str) -> increments.Law:
-    name = section[name_field]
-    params = dict(section.get(params_field, {}) or {})
+def _law(spec, field: str) -> increments.Law:
     try:
-        return increments.get(name, **params)
+        return increments.parse(spec)
     except ValueError as err:
-        raise _field_error(f"loss.{name_field}", err) from None
+        raise _field_error(field, err) from None
+
+
+def _process(section) -> processes.Process:
+    params = {k: v for k, v in dict(section.params).items() if v is not None}
+    try:
+        return processes.get(section.name, **params)
+    except ValueError as err:
+        raise _field_error("process", err) from None
+
+
+def _model(section) -> nn.Module:
+    fields = dict(section)
+    name = fields.pop("name")
+    try:
+        return models.make(name, **fields)
+    except (TypeError, ValueError) as err:
+        raise _field_error("model", err) from None
 
 
 def _positive_int(section, name: str, field: str, minimum: int = 1):
@@ -83,7 +100,7 @@ def _check_eval(e):
         _positive_float(e, "eval", field)
     for law in e.picture_laws:
         try:
-            increments.get(law)
+            increments.parse(law)
         except ValueError as err:
             raise ValueError(f"config.eval.picture_laws: {err}") from None
     if e.fid_weights and not os.path.isfile(e.fid_weights):
@@ -97,12 +114,9 @@ def resolve(config, num_devices: int = 1) -> Experiment:
     Raises:
       ValueError: naming the offending field.
     """
-    try:
-        process = processes.get(config.process.name, **dict(config.process.params))
-    except ValueError as err:
-        raise _field_error("process", err) from None
-    q = _law(config.loss, "q", "q_params")
-    p = _law(config.loss, "p", "p_params")
+    process = _process(config.process)
+    q = _law(config.loss.q, "loss.q")
+    p = _law(config.loss.p, "loss.p")
     try:
         losses.check_pair(q, p)
     except ValueError as err:
@@ -119,7 +133,7 @@ def resolve(config, num_devices: int = 1) -> Experiment:
         sampling_law = p
     else:
         try:
-            sampling_law = increments.get(law)
+            sampling_law = increments.parse(law)
         except ValueError as err:
             raise _field_error("sampling.law", f"{err}; or 'q' / 'model'") from None
     try:
@@ -137,8 +151,7 @@ def resolve(config, num_devices: int = 1) -> Experiment:
             f"config.data.batch_size: must be a positive multiple of the device count "
             f"({num_devices}), got {batch!r}"
         )
-    if config.model.name not in MODELS:
-        raise ValueError(f"config.model.name: unknown model {config.model.name!r}; choose one of {MODELS}")
+    model = _model(config.model)
     is_toy = config.data.name in data.TOYS
     if is_toy != (config.model.name == "mlp"):
         raise ValueError(
@@ -155,4 +168,8 @@ def resolve(config, num_devices: int = 1) -> Experiment:
     _check_eval(config.eval)
     if not 0.0 <= config.optim.ema_decay < 1.0:
         raise ValueError(f"config.optim.ema_decay: must be in [0, 1), got {config.optim.ema_decay}")
-    return Experiment(process, q, p, sampling_law, num_steps)
+    s = config.sampling
+    sampling = samplers.Settings(sampler=s.sampler, num_steps=s.num_steps, denoise=bool(s.denoise),
+                                 snr=float(s.snr), corrector_steps=s.corrector_steps,
+                                 rtol=float(s.rtol), atol=float(s.atol), batch_size=s.batch_size)
+    return Experiment(process, q, p, sampling_law, num_steps, model, sampling)

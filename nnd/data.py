@@ -27,13 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnd import oracles
+from nnd import keys, oracles
 
 __all__ = ["toy_batch", "TOYS", "IMAGES", "ImageSpec", "image_source", "image_dataset",
-           "dequantize", "Batches", "make_batches", "DATASETS"]
-
-# The root seed feeds several independent streams; data draws from this one.
-_DATA_STREAM = 1
+           "dequantize", "example_shape", "Batches", "make_batches", "DATASETS"]
 
 
 def _gmm8(key, n):
@@ -76,7 +73,7 @@ def toy_batch(name: str, seed: int, step: int, batch_size: int):
     """The batch of step ``step``: a pure function of (name, seed, step, batch_size)."""
     if name not in TOYS:
         raise ValueError(f"unknown toy dataset {name!r}; choose one of {sorted(TOYS)}")
-    data_root = jax.random.fold_in(jax.random.key(seed), _DATA_STREAM)
+    data_root = keys.stream(jax.random.key(seed), keys.Stream.DATA)
     key = jax.random.fold_in(data_root, step)
     return TOYS[name](key, batch_size)
 
@@ -167,6 +164,15 @@ def image_dataset(name: str, split: str, *, seed: int, global_batch: int,
     ds = ds.random_map(transform, seed=seed + 1)
     ds = ds[process_index::process_count]
     return ds.batch(global_batch // process_count, drop_remainder=True)
+
+
+def example_shape(name: str) -> tuple[int, ...]:
+    """The shape of one example of dataset ``name`` (no data is read)."""
+    if name in TOYS:
+        return (2,)
+    if name in IMAGES:
+        return IMAGES[name].shape
+    raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
 
 
 class Batches:

@@ -16,12 +16,16 @@
   the paper's Figure 1), ``samples.png`` and ``shift_kl.png`` (ℓ_{q,p}(u) for the
   Table 1 pairs).
 
-Keys: the evaluation stream of the root key (nnd.train) is split into named
-streams, so each part is reproducible on its own.
+Both restore only the step and EMA parameters (:func:`restore`): no training data
+pipeline, no optimiser, no ``checkpoints/`` folder is created.
+
+Keys: ``Stream.EVAL`` of the root key is split into the named parts of
+:class:`nnd.keys.EvalPart`, so each part is reproducible on its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -33,23 +37,55 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnd import data, increments, likelihood, losses, metrics, oracles, pictures, train
+from nnd import batching, checkpoints, data, increments, keys, likelihood, losses, metrics
+from nnd import oracles, pictures, processes, samplers
+from nnd import config as config_lib
 
-__all__ = ["TABLE1_PAIRS", "restore", "held_out", "evaluate", "sample"]
+__all__ = ["TABLE1_PAIRS", "Restored", "restore", "held_out", "draw", "evaluate", "sample"]
 
 #: The (q, p) pairs of the paper's Table 1 (and Table 2's rows), plotted in shift_kl.png.
 TABLE1_PAIRS = (("gaussian", "gaussian"), ("laplace", "laplace"), ("uniform", "gaussian"),
                 ("uniform", "laplace"))
 
-_LIKELIHOOD, _BOUND, _SAMPLES, _PICTURES, _DEQUANTISE = range(5)
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """A trained run as evaluation and sampling see it."""
+
+    experiment: config_lib.Experiment
+    step: int
+    params: dict  # the EMA parameters
+    root: jax.Array
+    example_shape: tuple[int, ...]
+    num_levels: int | None  # quantisation levels of image data; None for toys
 
 
-def restore(config, workdir: str) -> dict:
-    """The run of :func:`nnd.train.build` with its latest checkpoint; raises if there is none."""
-    run = train.build(config, workdir)
-    if run["manager"].latest_step() is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
-    return run
+def restore(config, workdir: str) -> Restored:
+    """The newest readable checkpoint's step and EMA parameters; raises if there is none."""
+    experiment = config_lib.resolve(config)
+    shape = data.example_shape(config.data.name)
+    root = jax.random.key(config.seed)
+    abstract = jax.eval_shape(
+        lambda k, x: experiment.model.init(k, x, jnp.zeros((1,), jnp.float32))["params"],
+        keys.stream(root, keys.Stream.INIT), jax.ShapeDtypeStruct((1,) + shape, jnp.float32))
+    step, params = checkpoints.restore_ema(workdir, abstract)
+    spec = data.IMAGES.get(config.data.name)
+    return Restored(experiment, step, params, root, shape, spec.num_levels if spec else None)
+
+
+def draw(restored: Restored, num_samples: int, key, *, law=None, settings=None):
+    """(samples, NFE) from the restored EMA parameters with the configured (or given) sampler."""
+    e = restored.experiment
+    return samplers.draw(e.model, restored.params, e.process,
+                         e.sampling_law if law is None else law,
+                         e.sampling if settings is None else settings,
+                         restored.example_shape, num_samples, key)
+
+
+def _title(config, restored: Restored, *, law=None, nfe=None) -> str:
+    e = restored.experiment
+    return pictures.samples_title(config.data.name, e.q, e.p, e.sampling.sampler,
+                                  e.sampling_law if law is None else law, nfe)
 
 
 def held_out(config, num_examples: int):
@@ -74,23 +110,14 @@ def _dequantised(levels, num_levels: int, key):
     return data.dequantize(levels, u, num_levels)
 
 
-def _batched(fn, x, batch_size: int):
-    """Applies ``fn(x_batch, i)`` to fixed-size batches of x (last padded); concatenates [N] leaves."""
-    n = len(x)
-    outputs = []
-    for i in range(-(-n // batch_size)):
-        idx = np.minimum(np.arange(i * batch_size, (i + 1) * batch_size), n - 1)
-        outputs.append(jax.tree.map(np.asarray, fn(jnp.asarray(x[idx]), i)))
-    return jax.tree.map(lambda *a: np.concatenate(a)[:n], *outputs)
-
-
-def _likelihood(config, run, params, x, levels, key) -> dict:
-    e, process = config.eval, run["experiment"].process
-    model = run["model"]
+def _likelihood(config, run: Restored, x, levels, key) -> dict:
+    e, process = config.eval, run.experiment.process
+    model = run.experiment.model
 
     @jax.jit
     def solve(params, z, k):
-        score = train.score_fn_from(model, params, process)
+        score = processes.score_fn_from_eps(
+            process, lambda x_, t_: model.apply({"params": params}, x_, t_))
         lp, stats = likelihood.log_prob_with_stats(
             process, score, z, k, e.divergence, e.rtol, e.atol, solver=e.solver,
             num_steps=e.ode_steps)
@@ -99,26 +126,27 @@ def _likelihood(config, run, params, x, levels, key) -> dict:
     nfes, unfinished = [], []
 
     def log_prob_fn(z, k):
-        lp, nfe, finished = solve(params, z, k)
+        lp, nfe, finished = solve(run.params, z, k)
         nfes.append(int(nfe))
         unfinished.append(not bool(finished))
         return lp
 
     def progress(done, total):
-        logging.info("likelihood: batch %d/%d (NFE %d)", done, total, nfes[-1])
+        eta = (time.time() - start) / done * (total - done)
+        logging.info("likelihood: batch %d/%d (NFE %d), ETA %.0f s", done, total, nfes[-1], eta)
 
     start = time.time()
-    dim = math.prod(run["batches"].shape)
+    dim = math.prod(run.example_shape)
     if levels is not None:
-        result = likelihood.dataset_bpd(log_prob_fn, levels, run["batches"].num_levels,
+        result = likelihood.dataset_bpd(log_prob_fn, levels, run.num_levels,
                                         batch_size=min(e.batch_size, len(levels)), key=key,
                                         num_repeats=e.num_repeats, progress=progress)
         result["unit"] = "bits/dim"
     else:
         per_repeat = []
         for r in range(e.num_repeats):
-            lp = _batched(lambda z, i, r=r: log_prob_fn(z, jax.random.fold_in(
-                jax.random.fold_in(key, r), i)), x, min(e.batch_size, len(x)))
+            lp = batching.map_batches(lambda z, i, r=r: log_prob_fn(z, keys.stream(key, r, i)),
+                                      x, min(e.batch_size, len(x)), label="likelihood")
             per_repeat.append(float(np.mean(lp)) / dim)
         means = np.asarray(per_repeat)
         result = {"nats_per_dim": float(means.mean()), "num_examples": len(x),
@@ -138,11 +166,11 @@ def _likelihood(config, run, params, x, levels, key) -> dict:
     return result
 
 
-def _walk_bound(config, run, params, x, levels, key) -> dict:
-    experiment, model = run["experiment"], run["model"]
+def _walk_bound(config, run: Restored, x, levels, key) -> dict:
+    experiment, model = run.experiment, run.experiment.model
     key_dequantise, key = jax.random.split(key)
     if levels is not None:
-        x = _dequantised(levels, run["batches"].num_levels, key_dequantise)
+        x = _dequantised(levels, run.num_levels, key_dequantise)
     dim = math.prod(x.shape[1:])
 
     @jax.jit
@@ -152,8 +180,9 @@ def _walk_bound(config, run, params, x, levels, key) -> dict:
                                      p=experiment.p, num_steps=experiment.num_steps)
 
     start = time.time()
-    out = _batched(lambda z, i: {k: v for k, v in terms(params, z, jax.random.fold_in(key, i)).items()
-                                 if k != "penalty"}, x, min(config.eval.batch_size, len(x)))
+    out = batching.map_batches(
+        lambda z, i: {k: v for k, v in terms(run.params, z, jax.random.fold_in(key, i)).items()
+                      if k != "penalty"}, x, min(config.eval.batch_size, len(x)), label="walk sum")
     penalty = float(experiment.num_steps * dim * losses.penalty(experiment.q, experiment.p))
     mean = {k: float(np.mean(v)) for k, v in out.items()}
     result = {f"{k}_nats": v for k, v in mean.items()}
@@ -162,7 +191,7 @@ def _walk_bound(config, run, params, x, levels, key) -> dict:
                   note="estimate of the eq. (5) sum with Gaussian marginals; a certified bound "
                        "only for gaussian/gaussian")
     if levels is not None:
-        num_levels = run["batches"].num_levels
+        num_levels = run.num_levels
         for k in ("total", "total_with_penalty"):
             result[f"{k}_bpd"] = float(np.mean(likelihood.bits_per_dim(-out[k], dim, num_levels)))
     else:
@@ -171,7 +200,7 @@ def _walk_bound(config, run, params, x, levels, key) -> dict:
     return result
 
 
-def _fid(config, run, samples) -> dict | None:
+def _fid(config, samples) -> dict | None:
     from nnd import fid  # noqa: PLC0415  (heavy: only when weights are given)
 
     weights = config.eval.fid_weights
@@ -199,13 +228,14 @@ def _fid(config, run, samples) -> dict | None:
             "reference": cache, "seconds": time.time() - start}
 
 
-def _pictures(config, run, params, key, out_dir: str) -> list[str]:
-    experiment = run["experiment"]
-    n = 1000 if len(run["batches"].shape) == 1 else 64
+def _pictures(config, run: Restored, key, out_dir: str) -> list[str]:
+    experiment = run.experiment
+    n = 1000 if len(run.example_shape) == 1 else 64
+    walk = dataclasses.replace(experiment.sampling, sampler="walk")
     panels = {}
     for law_name in config.eval.picture_laws:
-        law = increments.get(law_name)
-        samples, nfe = train.draw_samples(run, config, params, n, key, law=law, sampler="walk")
+        law = increments.parse(law_name)
+        samples, nfe = draw(run, n, key, law=law, settings=walk)
         panels[f"{law_name} steps (NFE {nfe:.0f})"] = samples
     by_law = os.path.join(out_dir, "samples_by_law.png")
     pictures.side_by_side_png(
@@ -227,33 +257,30 @@ def evaluate(config, workdir: str) -> dict:
     """Evaluates the latest EMA parameters; writes ``workdir/eval/metrics.json`` and pictures."""
     start = time.time()
     run = restore(config, workdir)
-    step = int(run["manager"].latest_step())
-    params = run["state"].ema_params
-    experiment = run["experiment"]
-    root = jax.random.fold_in(run["root"], train.EVAL_STREAM)
+    experiment = run.experiment
+    root = keys.stream(run.root, keys.Stream.EVAL)
     out_dir = os.path.join(workdir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     x, levels = held_out(config, config.eval.num_examples)
-    result = {"step": step, "dataset": config.data.name, "q": str(experiment.q),
+    result = {"step": run.step, "dataset": config.data.name, "q": str(experiment.q),
               "p": str(experiment.p), "num_steps": experiment.num_steps}
-    logging.info("eval at step %d: %d held-out examples", step,
+    logging.info("eval at step %d: %d held-out examples", run.step,
                  len(x) if x is not None else len(levels))
     if config.eval.likelihood:
-        result["likelihood"] = _likelihood(config, run, params, x, levels,
-                                           jax.random.fold_in(root, _LIKELIHOOD))
+        result["likelihood"] = _likelihood(config, run, x, levels,
+                                           keys.stream(root, keys.EvalPart.LIKELIHOOD))
         logging.info("likelihood: %s", result["likelihood"])
-    result["walk_bound"] = _walk_bound(config, run, params, x, levels,
-                                       jax.random.fold_in(root, _BOUND))
+    result["walk_bound"] = _walk_bound(config, run, x, levels, keys.stream(root, keys.EvalPart.BOUND))
     logging.info("walk bound: %s", result["walk_bound"])
 
     t0 = time.time()
     n = config.eval.num_samples
-    samples, nfe = train.draw_samples(run, config, params, n, jax.random.fold_in(root, _SAMPLES))
+    samples, nfe = draw(run, n, keys.stream(root, keys.EvalPart.SAMPLES))
     reference = x if levels is None else _dequantised(
-        levels, run["batches"].num_levels, jax.random.fold_in(root, _DEQUANTISE))
+        levels, run.num_levels, keys.stream(root, keys.EvalPart.DEQUANTISE))
     result["samples"] = {
-        "sampler": config.sampling.sampler, "law": str(experiment.sampling_law),
-        "num_steps": config.sampling.num_steps, "nfe": nfe, "num_samples": n,
+        "sampler": experiment.sampling.sampler, "law": str(experiment.sampling_law),
+        "num_steps": experiment.sampling.num_steps, "nfe": nfe, "num_samples": n,
         "finite": bool(np.all(np.isfinite(samples))),
         "energy_distance": metrics.energy_distance(samples.reshape(n, -1),
                                                    reference.reshape(len(reference), -1)),
@@ -263,13 +290,12 @@ def evaluate(config, workdir: str) -> dict:
         width, nearest = metrics.nearest_centre(samples, oracles.gmm8().means)
         result["samples"]["blob_width"] = width
         result["samples"]["share_per_centre"] = (np.bincount(nearest, minlength=8) / n).tolist()
-    train.save_picture(samples, os.path.join(out_dir, "samples.png"),
-                       train.picture_title(config, experiment, nfe=nfe))
-    fid_result = _fid(config, run, samples)
+    pictures.samples_png(samples, os.path.join(out_dir, "samples.png"), _title(config, run, nfe=nfe))
+    fid_result = _fid(config, samples)
     if fid_result is not None:
         result["fid"] = fid_result
     result["pictures"] = [os.path.basename(p) for p in
-                          _pictures(config, run, params, jax.random.fold_in(root, _PICTURES), out_dir)]
+                          _pictures(config, run, keys.stream(root, keys.EvalPart.PICTURES), out_dir)]
     result["pictures"].append("samples.png")
     result["wall_seconds"] = time.time() - start
     if jax.process_index() == 0:
@@ -286,11 +312,8 @@ def sample(config, workdir: str):
     training batches, and ``nfe``) and ``workdir/samples.png``.
     """
     run = restore(config, workdir)
-    key = jax.random.fold_in(run["root"], train.SAMPLE_STREAM)
-    samples, nfe = train.draw_samples(run, config, run["state"].ema_params,
-                                      config.sampling.num_samples, key)
+    samples, nfe = draw(run, config.sampling.num_samples, keys.stream(run.root, keys.Stream.SAMPLE))
     np.savez(os.path.join(workdir, "samples.npz"), samples=samples, nfe=nfe)
-    train.save_picture(samples, os.path.join(workdir, "samples.png"),
-                       train.picture_title(config, run["experiment"], nfe=nfe))
+    pictures.samples_png(samples, os.path.join(workdir, "samples.png"), _title(config, run, nfe=nfe))
     logging.info("%d samples (NFE %.0f) in %s/samples.npz", len(samples), nfe, workdir)
     return samples

@@ -45,7 +45,7 @@ __all__ = [
     "Rademacher",
     "LAWS",
     "get",
-    "as_law",
+    "parse",
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -507,13 +507,35 @@ def get(name: str, **params) -> Law:
     return LAWS[name](**params)
 
 
-def as_law(law) -> Law:
-    """Accepts a Law, a name, or a (name, params) pair / mapping with 'name'."""
-    if isinstance(law, Law):
-        return law
-    if isinstance(law, str):
-        return get(law)
-    if isinstance(law, dict) and "name" in law:
-        params = {k: v for k, v in law.items() if k != "name"}
-        return get(law["name"], **params)
-    raise ValueError(f"expected an increment law or its name, got {law!r}")
+def parse(spec) -> Law:
+    """The one law-spec parser: a :class:`Law`, ``'name'`` or ``'name:param'`` → a law.
+
+    The single parameter goes to the law's only parameter: ``student_t:5`` is
+    ``get('student_t', df=5.0)`` and ``gennorm:1.5`` is ``get('gennorm', beta=1.5)``.
+    Configs (``loss.q``, ``loss.p``, ``sampling.law``), the experiments' command
+    lines and :func:`nnd.losses.shift_kl` all read laws through it.
+
+    Raises:
+      ValueError: unknown law, a parameter for a law without one, a parameter that
+        is not a number, or a value :func:`get` refuses.
+    """
+    if isinstance(spec, Law):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"expected an increment law or a spec such as 'student_t:5', got {spec!r}")
+    name, sep, value = spec.strip().partition(":")
+    name = name.strip()
+    if name not in LAWS:
+        raise ValueError(f"unknown increment law {name!r} in {spec!r}; choose one of {sorted(LAWS)}")
+    if not sep:
+        return get(name)
+    fields = _PARAMS[name]
+    if not fields:
+        raise ValueError(f"increment law {name!r} takes no parameter, got {spec!r}")
+    try:
+        param = float(value)
+    except ValueError:
+        raise ValueError(
+            f"parameter of {name!r} ({fields[0]}) must be a number, got {value!r} in {spec!r}"
+        ) from None
+    return get(name, **{fields[0]: param})

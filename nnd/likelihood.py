@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnd import losses, ode, samplers
+from nnd import batching, data, losses, ode, samplers
 from nnd import processes as processes_lib
 
 __all__ = ["DIVERGENCES", "divergence_fn", "log_prob", "log_prob_with_stats", "bits_per_dim",
@@ -103,7 +103,7 @@ def log_prob_with_stats(process, score_fn, x, key, divergence: str = "auto", rto
     dim = math.prod(x.shape[1:])
     method = _resolve_divergence(divergence, dim)
     probe = _probe(key, method, x.shape, x.dtype)
-    div = divergence_fn(samplers.pf_ode_drift(process, score_fn), method, probe)
+    div = divergence_fn(samplers.pf_ode_field(process, score_fn), method, probe)
 
     def augmented(state, t):
         y, _ = state
@@ -189,17 +189,17 @@ def dataset_bpd(log_prob_fn, images, num_levels: int, *, batch_size: int, key,
     per_example = np.zeros((num_repeats, n), np.float64)
     for r in range(num_repeats):
         key_r = jax.random.fold_in(key, r)
-        for i in range(num_batches):
-            lo, hi = i * batch_size, min((i + 1) * batch_size, n)
-            idx = np.minimum(np.arange(lo, lo + batch_size), n - 1)  # pad by repeating the last
-            key_i = jax.random.fold_in(key_r, i)
-            key_u, key_fn = jax.random.split(key_i)
-            u = np.asarray(jax.random.uniform(key_u, images[idx].shape))
-            z = 2.0 * (images[idx].astype(np.float32) + u) / num_levels - 1.0
+
+        def batch_bpd(levels, i, r=r, key_r=key_r):
+            key_u, key_fn = jax.random.split(jax.random.fold_in(key_r, i))
+            u = np.asarray(jax.random.uniform(key_u, levels.shape))
+            z = data.dequantize(levels, u, num_levels)
             lp = np.asarray(log_prob_fn(jnp.asarray(z, jnp.float32), key_fn))
-            per_example[r, lo:hi] = bits_per_dim(lp[: hi - lo], dim, num_levels)
             if progress is not None:
                 progress(r * num_batches + i + 1, num_repeats * num_batches)
+            return bits_per_dim(lp, dim, num_levels)
+
+        per_example[r] = batching.map_batches(batch_bpd, images, batch_size)
     if not np.all(np.isfinite(per_example)):
         raise FloatingPointError(f"{int(np.sum(~np.isfinite(per_example)))} non-finite log-densities")
     means = per_example.mean(axis=1)
@@ -237,8 +237,7 @@ def walk_bound(process, eps_fn, x0, key, *, q, p, num_steps: int):
     def noised(t, k):
         eps = jax.random.normal(jax.random.fold_in(key, k), x0.shape, x0.dtype)
         t_B = jnp.full((batch,), t, jnp.float32)
-        x = process.alpha(t_B).reshape(shape) * x0 + process.sigma(t_B).reshape(shape) * eps
-        return eps, x, t_B
+        return eps, process.marginal(x0, eps, t_B), t_B
 
     def step(total, k):
         eps, x, t_B = noised(t_grid[k + 1], k)

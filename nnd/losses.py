@@ -34,6 +34,8 @@ __all__ = [
     "has_closed_form",
     "shift_kl",
     "penalty",
+    "step_scale",
+    "training_draw",
     "step_loss",
     "objective",
 ]
@@ -59,7 +61,7 @@ def check_pair(q, p) -> tuple[Law, Law]:
     p (no density), and q = student_t(df) against a p whose -log p grows like
     |z|^r with r ≥ df, e.g. gennorm(beta ≥ df).
     """
-    q, p = increments.as_law(q), increments.as_law(p)
+    q, p = increments.parse(q), increments.parse(p)
     pair = f"(q={q}, p={p})"
     suggestion = "use a full-support model law p such as 'gaussian', 'laplace' or 'logistic'"
     if not q.has_density or not p.has_density:
@@ -84,25 +86,50 @@ def check_pair(q, p) -> tuple[Law, Law]:
 
 def has_closed_form(q, p) -> bool:
     """Whether :func:`shift_kl` with method='auto' uses a closed form for (q, p)."""
-    q, p = increments.as_law(q), increments.as_law(p)
+    q, p = increments.parse(q), increments.parse(p)
     return isinstance(p, increments.Gaussian) or (
         isinstance(p, increments.Laplace) and q.symmetric
     )
 
 
 def _closed_form(q: Law, p: Law, u):
+    """ℓ_{q,p}(u) = KL(q(· - u) ‖ p) in closed form: the rows of Table 1 (SPEC §4).
+
+    With b = 1/√2 (standardised Laplace scale) and a = √3 (standardised uniform
+    half-width), H(q) the entropy of q:
+
+    ======================  ===================================================================
+    q / p                   ℓ(u)
+    ======================  ===================================================================
+    G / G                   u²/2
+    L / L                   |u|/b + exp(-|u|/b) - 1          (paper: "+1"; SPEC §8: "-1")
+    U / G                   u²/2 + ½(1 + log(π/6))           (paper: log√(π/6); SPEC §8)
+    U / L                   log(b/a) + (u² + a²)/(2ab)  if |u| ≤ a,
+                            log(b/a) + |u|/b             else (paper drops log(b/a); SPEC §8)
+    any q / G               u²/2 + ½ log 2π + ½ - H(q)
+    any symmetric q / L     log 2b - H(q) + E_q|z + u| / b
+    ======================  ===================================================================
+    """
     if isinstance(p, increments.Gaussian):
         if isinstance(q, increments.Gaussian):
-            return 0.5 * jnp.square(u)  # G/G
+            return 0.5 * jnp.square(u)  # Table 1, G/G
+        if isinstance(q, increments.Uniform):
+            # Table 1, U/G (constant corrected, SPEC §8)
+            return 0.5 * jnp.square(u) + jnp.asarray(0.5 * (1.0 + math.log(math.pi / 6.0)), u.dtype)
         # any q / G: u²/2 + ½ log 2π + ½ - H(q)
         const = 0.5 * _LOG_2PI + 0.5 - q.entropy()
         return 0.5 * jnp.square(u) + const.astype(u.dtype)
     if isinstance(p, increments.Laplace):
         b = p.scale
         if isinstance(q, increments.Laplace):
-            # L/L: |u|/b + exp(-|u|/b) - 1 (Table 1 with the sign of SPEC §8)
-            a = jnp.abs(u) / b
-            return a + jnp.expm1(-a)
+            # Table 1, L/L: |u|/b + exp(-|u|/b) - 1 (sign corrected, SPEC §8)
+            r = jnp.abs(u) / b
+            return r + jnp.expm1(-r)
+        if isinstance(q, increments.Uniform):
+            # Table 1, U/L (log(b/a) kept outside [-a, a], SPEC §8)
+            a, abs_u = math.sqrt(3.0), jnp.abs(u)
+            inside = (jnp.square(u) + a * a) / (2.0 * a * b)
+            return math.log(b / a) + jnp.where(abs_u <= a, inside, abs_u / b)
         # any symmetric q / L: log 2b - H(q) + E_q|z + u| / b
         const = math.log(2.0 * b) - q.entropy()
         return const.astype(u.dtype) + q.mean_abs_shift(u) / b
@@ -218,6 +245,12 @@ def penalty(q, p, dtype=jnp.float32):
     return shift_kl(q, p, jnp.zeros((), dtype))
 
 
+def step_scale(process: processes.Process, t_B: jax.Array, num_steps: int) -> jax.Array:
+    """c(t) = g(t)√Δt / σ(t), Δt = (1 - t_eps)/K: the factor in u = c (ε_θ - ε) of eq. (5)."""
+    _, dt = processes.time_grid(process, num_steps)
+    return process.g(t_B) * math.sqrt(dt) / process.sigma(t_B)
+
+
 def step_loss(eps_BxD, eps_pred_BxD, t_B, *, process, q, p, num_steps: int,
               subtract_penalty: bool = True):
     """The per-step KL L_k of eq. (5) for each example, in nats.
@@ -238,14 +271,27 @@ def step_loss(eps_BxD, eps_pred_BxD, t_B, *, process, q, p, num_steps: int,
       [B] array.
     """
     num_steps = processes.check_num_steps(num_steps)
-    dt = (1.0 - process.t_eps) / num_steps
-    shape = (-1,) + (1,) * (eps_BxD.ndim - 1)
-    scale_B = process.g(t_B) * math.sqrt(dt) / process.sigma(t_B)
-    u = scale_B.reshape(shape).astype(eps_BxD.dtype) * (eps_pred_BxD - eps_BxD)
-    ell = shift_kl(q, p, u)
+    c_B = processes.per_example(step_scale(process, t_B, num_steps), eps_BxD)
+    ell = shift_kl(q, p, c_B * (eps_pred_BxD - eps_BxD))
     if subtract_penalty:
         ell = ell - penalty(q, p, ell.dtype)
     return jnp.sum(ell.reshape(ell.shape[0], -1), axis=-1)
+
+
+def training_draw(key, process: processes.Process, x0_BxD: jax.Array, num_steps: int):
+    """The draw of the eq. (5) objective: k ~ U{0..K-1}, t = t_{k+1}, ε ~ N(0, I), x_t = αx_0 + σε.
+
+    Returns:
+      (t_B, eps_BxD, x_BxD). x comes from the Gaussian marginal, which Theorem 3.3
+      licenses for any q.
+    """
+    num_steps = processes.check_num_steps(num_steps)
+    key_t, key_eps = jax.random.split(key)
+    k_B = jax.random.randint(key_t, (x0_BxD.shape[0],), 0, num_steps)
+    t_grid, _ = processes.time_grid(process, num_steps)
+    t_B = t_grid[k_B + 1]
+    eps_BxD = jax.random.normal(key_eps, x0_BxD.shape, x0_BxD.dtype)
+    return t_B, eps_BxD, process.marginal(x0_BxD, eps_BxD, t_B)
 
 
 def objective(eps_fn, x0_BxD, key, *, process, q, p, num_steps: int,
@@ -254,9 +300,9 @@ def objective(eps_fn, x0_BxD, key, *, process, q, p, num_steps: int,
 
     .. math::  \\mathbb{E}_{k\\sim U\\{0..K-1\\},\\,\\varepsilon\\sim N(0, I)}
                \\Big[K \\sum_i \\big(\\ell_{q,p}(u_i) - \\ell_{q,p}(0)\\big)\\Big],
-               \\quad x = \\alpha x_0 + \\sigma\\varepsilon \\text{ at } t_{k+1}.
+               \\quad x = \\alpha x_0 + \\sigma\\varepsilon \\text{ at } t_{k+1}
 
-    x comes from the Gaussian marginal, which Theorem 3.3 licenses for any q.
+    with the draw of :func:`training_draw`.
 
     Args:
       eps_fn: ``eps_fn(x_BxD, t_B) -> eps_pred_BxD`` (the model, params bound).
@@ -268,18 +314,9 @@ def objective(eps_fn, x0_BxD, key, *, process, q, p, num_steps: int,
       (loss_B, t_B): per-example loss and the time each example was drawn at.
     """
     num_steps = processes.check_num_steps(num_steps)
-    key_t, key_eps = jax.random.split(key)
-    batch = x0_BxD.shape[0]
-    k_B = jax.random.randint(key_t, (batch,), 0, num_steps)
-    t_grid, _ = processes.time_grid(process, num_steps)
-    t_B = t_grid[k_B + 1]
-    eps_BxD = jax.random.normal(key_eps, x0_BxD.shape, x0_BxD.dtype)
-    shape = (-1,) + (1,) * (x0_BxD.ndim - 1)
-    alpha_B, sigma_B = process.alpha(t_B), process.sigma(t_B)
-    x_BxD = alpha_B.reshape(shape) * x0_BxD + sigma_B.reshape(shape) * eps_BxD
-    eps_pred_BxD = eps_fn(x_BxD, t_B)
+    t_B, eps_BxD, x_BxD = training_draw(key, process, x0_BxD, num_steps)
     loss_B = num_steps * step_loss(
-        eps_BxD, eps_pred_BxD, t_B, process=process, q=q, p=p,
+        eps_BxD, eps_fn(x_BxD, t_B), t_B, process=process, q=q, p=p,
         num_steps=num_steps, subtract_penalty=not include_penalty,
     )
     return loss_B, t_B

@@ -76,7 +76,7 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     logging.info("devices: %s", jax.devices())
     if FLAGS.mode == "train":
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        train.train(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == "eval":
         evaluate.evaluate(FLAGS.config, FLAGS.workdir)
     else:

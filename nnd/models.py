@@ -11,6 +11,7 @@ linen rather than nnx: the train step is a pure function of a parameter pytree
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Sequence
 
@@ -18,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["sinusoidal_embedding", "MLP", "ResBlock", "AttnBlock", "VDMNet", "UNet"]
+__all__ = ["sinusoidal_embedding", "MLP", "ResBlock", "AttnBlock", "VDMNet", "UNet", "MODELS", "make"]
 
 
 def sinusoidal_embedding(t_B, dim: int, max_period: float = 1e4):
@@ -185,3 +186,20 @@ class UNet(nn.Module):
                 h = nn.Conv(c, (3, 3))(h)
         h = nn.silu(_group_norm(self.channels)(h))
         return nn.Conv(x_BxHxWxC.shape[-1], (3, 3), kernel_init=nn.initializers.zeros)(h)
+
+
+#: Name → ε-network class; ``config.model`` holds the name and exactly the class's fields.
+MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "vdm": VDMNet, "unet": UNet}
+
+
+def make(name: str, **fields) -> nn.Module:
+    """``MODELS[name](**fields)``; an unknown name or field raises ValueError naming it."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    cls = MODELS[name]
+    allowed = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        raise ValueError(f"model {name!r} takes no {unknown}; it takes {sorted(allowed)}")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    return cls(**fields)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["scatter_png", "grid_png", "side_by_side_png", "shift_kl_png", "image_grid"]
+__all__ = ["samples_png", "samples_title", "side_by_side_png", "shift_kl_png", "image_grid"]
 
 
 def _pyplot():
@@ -51,18 +51,18 @@ def _save(fig, path):
     _pyplot().close(fig)
 
 
-def scatter_png(x_Nx2, path: str, title: str):
+def samples_png(samples, path: str, title: str):
+    """A scatter plot of [N, 2] samples or an image grid of [N, H, W, C] samples, as a PNG."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
-    _draw(ax, x_Nx2, title)
+    _draw(ax, samples, title)
     _save(fig, path)
 
 
-def grid_png(x_NxHxWxC, path: str, title: str):
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5))
-    _draw(ax, x_NxHxWxC, title)
-    _save(fig, path)
+def samples_title(dataset: str, q, p, sampler: str, law, nfe: float | None = None) -> str:
+    """The caption of a samples picture: data, (q, p), sampler, increment law and NFE."""
+    title = f"{dataset}: q={q}, p={p}; {sampler} sampler, law {law}"
+    return title + (f", NFE {nfe:.0f}" if nfe is not None else "")
 
 
 def side_by_side_png(panels: dict, path: str, title: str):

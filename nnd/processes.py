@@ -27,7 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Process", "VP", "SubVP", "VE", "VDM", "PROCESSES", "get", "time_grid", "check_num_steps"]
+__all__ = [
+    "Process", "VP", "SubVP", "VE", "VDM", "PROCESSES", "get", "param_names", "time_grid",
+    "check_num_steps", "per_example", "reverse_drift", "pf_ode_drift", "score_fn_from_eps",
+    "eps_fn_from_score",
+]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -64,10 +68,6 @@ class Process:
     def sigma2(self, t):
         return jnp.exp(self.log_sigma2(t))
 
-    def log_snr(self, t):
-        """log(alpha² / sigma²)."""
-        return 2.0 * self.log_alpha(t) - self.log_sigma2(t)
-
     def _derivatives(self, t):
         t = jnp.asarray(t, dtype=jnp.result_type(float))
         ones = jnp.ones_like(t)
@@ -100,9 +100,15 @@ class Process:
         sq = jnp.sum(jnp.square(x).reshape(x.shape[0], -1), axis=-1)
         return -0.5 * sq / s**2 - 0.5 * d * (_LOG_2PI + 2.0 * math.log(s))
 
-    def marginal(self, t):
-        """(alpha(t), sigma(t)) of x_t | x_0."""
-        return self.alpha(t), self.sigma(t)
+    def marginal(self, x0, eps, t_B):
+        """x_t = alpha(t) x_0 + sigma(t) ε, the Gaussian marginal of eq. (1), per example.
+
+        Args:
+          x0: data [B, ...]; eps: noise of the same shape; t_B: time of each example [B].
+        """
+        alpha = per_example(self.alpha(t_B), x0)
+        sigma = per_example(self.sigma(t_B), x0)
+        return alpha * x0 + sigma * eps
 
 
 def _check_finite(name: str, **values) -> dict:
@@ -248,6 +254,12 @@ def get(name: str, **params) -> Process:
     return cls(**params)
 
 
+def param_names() -> tuple[str, ...]:
+    """Every parameter some process takes (the fields a config may set), sorted."""
+    names = {f.name for cls in PROCESSES.values() for f in dataclasses.fields(cls)}
+    return tuple(sorted(names))
+
+
 def check_num_steps(num_steps) -> int:
     """Returns num_steps as an int, or raises ValueError unless it is an integer ≥ 1."""
     if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
@@ -270,3 +282,49 @@ def time_grid(process: Process, num_steps: int):
     dt = (1.0 - process.t_eps) / num_steps
     t = process.t_eps + dt * np.arange(num_steps + 1, dtype=np.float64)
     return jnp.asarray(t, jnp.float32), dt
+
+
+def per_example(v_B, x):
+    """Reshapes a per-example value [B] to broadcast against x [B, ...], in x's dtype."""
+    v_B = jnp.asarray(v_B)
+    return v_B.reshape((-1,) + (1,) * (jnp.ndim(x) - 1)).astype(jnp.asarray(x).dtype)
+
+
+def _drift(process: Process, x, score, t, score_weight: float):
+    f, g2 = jnp.asarray(process.f(t)), jnp.asarray(process.g2(t))
+    if f.ndim:
+        f, g2 = per_example(f, x), per_example(g2, x)
+    return f.astype(x.dtype) * x - (score_weight * g2).astype(x.dtype) * score
+
+
+def reverse_drift(process: Process, x, score, t):
+    """Drift of the reverse-time SDE, f(t) x - g(t)² s(x, t) (the bracket of eq. 8).
+
+    ``t`` is a scalar or per-example [B]; a reverse step moves by minus this times Δt.
+    """
+    return _drift(process, x, score, t, 1.0)
+
+
+def pf_ode_drift(process: Process, x, score, t):
+    """The probability-flow ODE of eq. (6): dx/dt = f(t) x - ½ g(t)² s(x, t)."""
+    return _drift(process, x, score, t, 0.5)
+
+
+def score_fn_from_eps(process: Process, eps_fn):
+    """s(x, t) = -ε(x, t) / σ(t) (SPEC §4): the score of an ε-prediction."""
+
+    def score_fn(x, t_B):
+        eps = eps_fn(x, t_B)
+        return -eps / per_example(process.sigma(t_B), eps)
+
+    return score_fn
+
+
+def eps_fn_from_score(process: Process, score_fn):
+    """ε(x, t) = -σ(t) s(x, t) (SPEC §4): the ε-prediction of a score, e.g. E[ε | x_t] of an oracle."""
+
+    def eps_fn(x, t_B):
+        score = score_fn(x, t_B)
+        return -per_example(process.sigma(t_B), score) * score
+
+    return eps_fn

@@ -6,46 +6,68 @@ returns ``(samples, nfe)``: NFE is the number of score evaluations per sample
 
 - ``walk``: the reverse structured random walk of eq. (8) (:func:`nnd.walks.reverse`),
   K score evaluations, plus one for the final denoising step.
-- ``pc``: predictor–corrector: before each reverse-walk step, ``corrector_steps``
-  Langevin steps at the same t whose noise is the chosen law,
+- ``pc``: predictor–corrector: before each reverse step (:func:`nnd.walks.reverse_step`),
+  ``corrector_steps`` Langevin steps at the same t whose noise is the chosen law,
   ``x ← x + ε s(x, t) + √(2ε) z``, z ~ law, with the signal-to-noise step size
-  ``ε = 2 (snr ‖z‖ / ‖s‖)²`` per example (Song et al. 2021, Alg. 4–5).
-- ``ode``: the probability-flow ODE of eq. (6), ``dx/dt = f(t) x - ½ g(t)² s(x, t)``,
+  ``ε = 2 (snr mean‖z‖ / mean‖s‖)²`` from batch means (see :func:`predictor_corrector`).
+- ``ode``: the probability-flow ODE of eq. (6) (:func:`nnd.processes.pf_ode_drift`)
   from t = 1 to t_eps with adaptive Dormand–Prince (:func:`nnd.ode.dopri5`).
 - ``heun``: the same ODE with ``num_steps`` fixed Heun steps (2 NFE each).
 
 All finish with the noise-free Tweedie step at t_eps when ``denoise`` (one NFE).
+
+:func:`draw` draws many samples from a network's parameters in fixed-size batches
+with a sampler compiled once per (model, process, law, batch shape, settings) and
+the parameters passed as an argument, so progress pictures and evaluation reuse it.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import functools
+import logging
+import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nnd import ode, walks
 from nnd import processes as processes_lib
 
-__all__ = ["SAMPLERS", "pf_ode_drift", "reverse_walk", "predictor_corrector", "pf_ode", "sample"]
+__all__ = ["SAMPLERS", "Settings", "pf_ode_field", "reverse_walk", "predictor_corrector", "pf_ode",
+           "sample", "compiled", "draw"]
 
 #: Sampler names a config may use (``sampling.sampler``).
 SAMPLERS = ("walk", "pc", "ode", "heun")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How to sample (the ``sampling`` section of a config, typed): hashable, so static under jit."""
+
+    sampler: str = "walk"
+    num_steps: int = 300
+    denoise: bool = True
+    snr: float = 0.16
+    corrector_steps: int = 1
+    rtol: float = 1e-3
+    atol: float = 1e-3
+    batch_size: int = 2000
 
 
 def _batch_time(x, t):
     return jnp.full((x.shape[0],), t, jnp.float32)
 
 
-def pf_ode_drift(process, score_fn):
-    """h(x, t) = f(t) x - ½ g(t)² s(x, t), the probability-flow ODE of eq. (6)."""
+def pf_ode_field(process, score_fn):
+    """The vector field h(x, t) of eq. (6) for an ODE solver: t scalar, x a batch."""
 
-    def drift(x, t):
+    def field(x, t):
         s = score_fn(x, _batch_time(x, t)).astype(x.dtype)
-        f, g = process.f(t), process.g(t)
-        return f.astype(x.dtype) * x - (0.5 * g * g).astype(x.dtype) * s
+        return processes_lib.pf_ode_drift(process, x, s, t)
 
-    return drift
+    return field
 
 
 def reverse_walk(process, law, score_fn, key, shape, *, num_steps: int, denoise: bool = True,
@@ -64,7 +86,9 @@ def predictor_corrector(process, law, score_fn, key, shape, *, num_steps: int, s
     """Reverse-walk predictor with a Langevin corrector whose noise is ``law``; returns (x, nfe).
 
     At t_{k+1}, ``corrector_steps`` times: ``x ← x + ε s + √(2ε) z`` with
-    ``ε = 2 (snr ‖z‖/‖s‖)²`` per example; then the eq. (8) step to t_k with
+    ``ε = 2 (snr mean‖z‖ / mean‖s‖)²``, the norms averaged over the batch (a
+    per-example ratio blows up in low dimension where ‖s‖ vanishes at a mode's
+    centre); then the eq. (8) step to t_k (:func:`nnd.walks.reverse_step`) with
     increments from ``law``.
     """
     num_steps = processes_lib.check_num_steps(num_steps)
@@ -75,7 +99,6 @@ def predictor_corrector(process, law, score_fn, key, shape, *, num_steps: int, s
     shape = tuple(shape)
     t_grid, dt = processes_lib.time_grid(process, num_steps)
     t_K = t_grid[1:]
-    sqrt_dt = math.sqrt(dt)
     key_prior, key_pred, key_corr = jax.random.split(key, 3)
     x_init = process.prior_sample(key_prior, shape, dtype)
 
@@ -89,10 +112,8 @@ def predictor_corrector(process, law, score_fn, key, shape, *, num_steps: int, s
             eps = (2.0 * jnp.square(snr * ratio)).astype(dtype)
             x = x + eps * s + jnp.sqrt(2.0 * eps) * z
         s = score_fn(x, t_B).astype(dtype)
-        f, g = process.f(t), process.g(t)
         z = law.sample(jax.random.fold_in(key_pred, k), shape, dtype)
-        x = x - ((f * dt).astype(dtype) * x - (g * g * dt).astype(dtype) * s) + (g * sqrt_dt).astype(dtype) * z
-        return x, None
+        return walks.reverse_step(process, x, s, z, t, dt), None
 
     x, _ = jax.lax.scan(step, x_init, (jnp.arange(num_steps), t_K), reverse=True)
     if denoise:
@@ -109,7 +130,7 @@ def pf_ode(process, score_fn, key, shape, *, solver: str = "ode", num_steps: int
     ``heun`` (``num_steps`` fixed steps). The only randomness is the prior draw.
     """
     x1 = process.prior_sample(key, tuple(shape), dtype)
-    drift = pf_ode_drift(process, score_fn)
+    drift = pf_ode_field(process, score_fn)
     if solver == "ode":
         x, stats = ode.dopri5(drift, x1, 1.0, process.t_eps, rtol=rtol, atol=atol)
     elif solver == "heun":
@@ -140,3 +161,51 @@ def sample(sampler: str, process, law, score_fn, key, shape, *, num_steps: int,
         return pf_ode(process, score_fn, key, shape, solver=sampler, num_steps=num_steps,
                       rtol=rtol, atol=atol, denoise=denoise, dtype=dtype)
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+
+
+@functools.lru_cache(maxsize=64)
+def compiled(model, process, law, shape: tuple, settings: Settings):
+    """``draw_batch(params, key) -> (samples [shape], nfe)`` for an ε-network, jitted once.
+
+    Cached per (model, process, law, shape, settings), all hashable values, so a
+    second call with new parameters reuses the compiled sampler.
+    """
+
+    def draw_batch(params, key):
+        eps_fn = functools.partial(_apply, model, params)
+        score_fn = processes_lib.score_fn_from_eps(process, eps_fn)
+        return sample(settings.sampler, process, law, score_fn, key, shape,
+                      num_steps=settings.num_steps, denoise=settings.denoise, snr=settings.snr,
+                      corrector_steps=settings.corrector_steps, rtol=settings.rtol,
+                      atol=settings.atol)
+
+    return jax.jit(draw_batch)
+
+
+def _apply(model, params, x, t_B):
+    return model.apply({"params": params}, x, t_B)
+
+
+def draw(model, params, process, law, settings: Settings, example_shape: tuple,
+         num_samples: int, key, *, progress_every: float = 30.0):
+    """(samples [N, *example_shape] on the host, mean NFE per sample) from an ε-network.
+
+    Drawn ``settings.batch_size`` at a time with the cached :func:`compiled`
+    sampler; batch i uses ``fold_in(key, i)``. Logs progress with an ETA every
+    ``progress_every`` seconds when there is more than one batch.
+    """
+    batch = min(num_samples, settings.batch_size)
+    draw_batch = compiled(model, process, law, (batch,) + tuple(example_shape), settings)
+    num_batches = -(-num_samples // batch)
+    chunks, nfes = [], []
+    start = last = time.time()
+    for i in range(num_batches):
+        x, nfe = draw_batch(params, jax.random.fold_in(key, i))
+        chunks.append(np.asarray(x))
+        nfes.append(int(nfe))
+        now = time.time()
+        if num_batches > 1 and (now - last > progress_every or i + 1 == num_batches):
+            eta = (now - start) / (i + 1) * (num_batches - i - 1)
+            logging.info("sampling: batch %d/%d, ETA %.0f s", i + 1, num_batches, eta)
+            last = now
+    return np.concatenate(chunks)[:num_samples], float(np.mean(nfes))

@@ -18,14 +18,32 @@ import jax.numpy as jnp
 
 from nnd import processes as processes_lib
 
-__all__ = ["forward", "reverse", "moments", "tweedie_denoise"]
+__all__ = ["forward_step", "reverse_step", "forward", "reverse", "moments", "tweedie_denoise"]
 
 
-def _coefficients(process, num_steps: int, at: str):
-    """(t, f, g) on the grid at the left ends t_0..t_{K-1} or right ends t_1..t_K."""
-    t_grid, dt = processes_lib.time_grid(process, num_steps)
-    t = t_grid[:-1] if at == "left" else t_grid[1:]
-    return t, process.f(t), process.g(t), dt
+def forward_step(process: processes_lib.Process, x: jax.Array, z: jax.Array, t, dt: float) -> jax.Array:
+    """One forward step of the structured random walk, eq. (8), from t to t + Δt.
+
+    .. math::  x_{k+1} = x_k + f(t_k)\, x_k \Delta t + g(t_k)\sqrt{\Delta t}\, z_k,
+
+    with z_k a standardised increment of any law (Definition 1); ``t`` is a scalar.
+    """
+    f, g = process.f(t), process.g(t)
+    return x + (f * dt).astype(x.dtype) * x + (g * math.sqrt(dt)).astype(x.dtype) * z
+
+
+def reverse_step(process: processes_lib.Process, x: jax.Array, score: jax.Array, z: jax.Array,
+                 t, dt: float) -> jax.Array:
+    """One reverse step of the walk, eq. (8), from t = t_{k+1} down to t - Δt (SPEC §3).
+
+    .. math::  x_k = x_{k+1} - \big[f x_{k+1} - g^2 s(x_{k+1}, t_{k+1})\big]\Delta t
+                     + g\sqrt{\Delta t}\, z_k,
+
+    f, g and the score ``score`` = s(x, t) taken at t; z_k of any law. ``t`` is a scalar.
+    """
+    drift = processes_lib.reverse_drift(process, x, score, t)
+    g = process.g(t)
+    return x - (dt * drift).astype(x.dtype) + (g * math.sqrt(dt)).astype(x.dtype) * z
 
 
 def forward(process, law, x0, key, num_steps: int, *, return_path: bool = False):
@@ -50,17 +68,16 @@ def forward(process, law, x0, key, num_steps: int, *, return_path: bool = False)
     if not jnp.issubdtype(x0.dtype, jnp.floating):
         x0 = x0.astype(jnp.float32)
     dtype = x0.dtype
-    _, f_K, g_K, dt = _coefficients(process, num_steps, "left")
-    sqrt_dt = math.sqrt(dt)
+    t_grid, dt = processes_lib.time_grid(process, num_steps)
 
     def step(x, inputs):
-        k, f, g = inputs
+        k, t = inputs
         z = law.sample(jax.random.fold_in(key, k), x.shape, dtype)
-        x = x + (f * dt).astype(dtype) * x + (g * sqrt_dt).astype(dtype) * z
+        x = forward_step(process, x, z, t, dt)
         return x, (x if return_path else None)
 
     ks = jnp.arange(num_steps)
-    x1, path = jax.lax.scan(step, x0, (ks, f_K, g_K))
+    x1, path = jax.lax.scan(step, x0, (ks, t_grid[:-1]))
     if return_path:
         return x1, jnp.concatenate([x0[None], path], axis=0)
     return x1
@@ -69,11 +86,9 @@ def forward(process, law, x0, key, num_steps: int, *, return_path: bool = False)
 def tweedie_denoise(process, score_fn, x, t: float):
     """The noise-free last step: Tweedie's E[x_0 | x_t] = (x + sigma² s(x, t)) / alpha."""
     t_B = jnp.full((x.shape[0],), t, jnp.float32)
-    alpha, sigma2 = process.alpha(t_B), process.sigma2(t_B)
-    shape = (-1,) + (1,) * (x.ndim - 1)
-    score = score_fn(x, t_B)
-    return ((x + sigma2.reshape(shape).astype(x.dtype) * score)
-            / alpha.reshape(shape).astype(x.dtype))
+    alpha, sigma2 = processes_lib.per_example(process.alpha(t_B), x), processes_lib.per_example(
+        process.sigma2(t_B), x)
+    return (x + sigma2 * score_fn(x, t_B)) / alpha
 
 
 def reverse(process, law, score_fn, key, shape, num_steps: int, denoise: bool = True,
@@ -101,22 +116,19 @@ def reverse(process, law, score_fn, key, shape, num_steps: int, denoise: bool = 
     """
     num_steps = processes_lib.check_num_steps(num_steps)
     shape = tuple(shape)
-    t_K, f_K, g_K, dt = _coefficients(process, num_steps, "right")
-    sqrt_dt = math.sqrt(dt)
+    t_grid, dt = processes_lib.time_grid(process, num_steps)
     key_prior, key_steps = jax.random.split(key)
     x_init = process.prior_sample(key_prior, shape, dtype)
 
     def step(x, inputs):
-        k, t, f, g = inputs
-        t_B = jnp.full((shape[0],), t, jnp.float32)
-        s = score_fn(x, t_B).astype(dtype)
+        k, t = inputs
+        s = score_fn(x, jnp.full((shape[0],), t, jnp.float32)).astype(dtype)
         z = law.sample(jax.random.fold_in(key_steps, k), shape, dtype)
-        drift = (f * dt).astype(dtype) * x - (g * g * dt).astype(dtype) * s
-        x = x - drift + (g * sqrt_dt).astype(dtype) * z
+        x = reverse_step(process, x, s, z, t, dt)
         return x, (x if return_path else None)
 
     ks = jnp.arange(num_steps)
-    x, path = jax.lax.scan(step, x_init, (ks, t_K, f_K, g_K), reverse=True)
+    x, path = jax.lax.scan(step, x_init, (ks, t_grid[1:]), reverse=True)
     if denoise:
         x = tweedie_denoise(process, score_fn, x, process.t_eps)
     if return_path:
@@ -138,7 +150,8 @@ def moments(process, num_steps: int):
     eq. 43, gives ᾱ_k/ᾱ_i, which is what this computes; SPEC §8.)
     """
     num_steps = processes_lib.check_num_steps(num_steps)
-    _, f_K, g_K, dt = _coefficients(process, num_steps, "left")
+    t_grid, dt = processes_lib.time_grid(process, num_steps)
+    f_K, g_K = process.f(t_grid[:-1]), process.g(t_grid[:-1])
 
     def step(carry, inputs):
         m, v = carry

@@ -1,0 +1,193 @@
+"""Checkpoints: orbax manager, robust restore, workdir checks and preemption.
+
+A run's checkpoints live in ``WORKDIR/checkpoints/<step>``, saved with orbax's
+``CheckpointManager`` and the args API (one item, ``state``). Resume order: the
+newest checkpoint of the workdir that restores; one that fails to read (truncated,
+corrupted) is reported with a warning naming it and moved aside to
+``<step>.unreadable.<time>`` (deleted if remote), and the previous one is tried.
+
+Evaluation and sampling read only ``step`` and ``ema_params`` (:func:`restore_ema`),
+without an optimiser and without creating a ``checkpoints/`` folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+
+import jax
+import orbax.checkpoint as ocp
+
+__all__ = ["directory", "manager", "restore_latest", "set_aside", "restore_ema", "save",
+           "check_workdir", "Preemption"]
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def directory(workdir: str) -> str:
+    """``WORKDIR/checkpoints``, absolute for local paths (orbax needs that), as given for gs://."""
+    path = os.path.join(workdir, "checkpoints")
+    return os.path.abspath(path) if _is_local(path) else path
+
+
+def manager(workdir: str, keep: int, *, create: bool = True) -> ocp.CheckpointManager:
+    """The run's CheckpointManager, keeping the last ``keep`` checkpoints."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
+    return ocp.CheckpointManager(directory(workdir), options=options)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, *, force: bool = False) -> None:
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
+    """(state, bad_steps): the newest checkpoint that restores, in ``abstract_state``'s shardings.
+
+    A checkpoint that fails to restore is reported with a warning naming it, and
+    the previous one is tried; ``state`` is None if there is no readable checkpoint.
+    """
+    bad = []
+    for step in sorted(mngr.all_steps(), reverse=True):
+        try:
+            restored = mngr.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state)))
+            state = restored["state"]
+            if int(state.step) != step:
+                raise ValueError(f"holds step {int(state.step)}")
+        except Exception as err:  # noqa: BLE001  (any failure to read means: unusable)
+            logging.warning("checkpoint %s/%d is unreadable (%s: %s); trying the previous one",
+                            mngr.directory, step, type(err).__name__, str(err)[:200])
+            bad.append(step)
+            continue
+        if bad:
+            logging.warning("restored step %d instead of the unreadable step(s) %s", step, bad)
+        return state, bad
+    return None, bad
+
+
+def set_aside(mngr: ocp.CheckpointManager, steps, workdir: str, keep: int) -> ocp.CheckpointManager:
+    """Moves unreadable checkpoints to ``<step>.unreadable.<time>`` (deletes them if remote).
+
+    Returns a fresh manager (the old one is closed), since orbax caches the step list.
+    """
+    if jax.process_index() == 0:
+        for step in steps:
+            path = os.path.join(str(mngr.directory), str(step))
+            if _is_local(path):
+                target = f"{path}.unreadable.{int(time.time())}"
+                os.replace(path, target)
+                logging.warning("moved unreadable checkpoint %s to %s", path, target)
+            else:
+                mngr.delete(step)
+                logging.warning("deleted unreadable checkpoint %s", path)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        multihost_utils.sync_global_devices("nnd: unreadable checkpoints set aside")
+    mngr.close()
+    return manager(workdir, keep)
+
+
+def restore_ema(workdir: str, abstract_params):
+    """(step, ema_params) of the newest readable checkpoint, for evaluation and sampling.
+
+    Only ``step`` and ``ema_params`` are read (orbax partial restore): no optimiser
+    state is materialised and no folder is created. ``abstract_params`` gives the
+    parameters' shapes (``jax.eval_shape`` of the model's ``init``).
+
+    Raises:
+      FileNotFoundError: no readable checkpoint in ``WORKDIR/checkpoints`` ("train first").
+    """
+    path = directory(workdir)
+    missing = FileNotFoundError(f"no checkpoint in {path}: train first (--mode=train)")
+    if _is_local(path) and not os.path.isdir(path):
+        raise missing
+    mngr = manager(workdir, keep=1, create=False)
+    target = {"step": jax.ShapeDtypeStruct((), jax.numpy.int32), "ema_params": abstract_params}
+    try:
+        for step in sorted(mngr.all_steps(), reverse=True):
+            try:
+                restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                    target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True)))["state"]
+            except Exception as err:  # noqa: BLE001  (any failure to read means: unusable)
+                logging.warning("checkpoint %s/%d is unreadable (%s: %s); trying the previous one",
+                                path, step, type(err).__name__, str(err)[:200])
+                continue
+            return int(restored["step"]), restored["ema_params"]
+    finally:
+        mngr.close()
+    raise missing
+
+
+def check_workdir(workdir: str, state=None, keep: int = 1) -> None:
+    """Raises a clear OSError, before training, if ``workdir`` cannot hold the run.
+
+    Checks (local paths only) that the directory can be created and written, and
+    that the free space holds ``keep + 1`` checkpoints of ``state`` (parameters,
+    EMA and optimiser state) with a 10% margin.
+    """
+    if not _is_local(workdir):
+        return
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".nnd_write_probe_{os.getpid()}")
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+        os.remove(probe)
+    except OSError as err:
+        raise OSError(f"workdir {workdir!r} is not writable: {err}") from None
+    if state is not None:
+        need = int(1.1 * (keep + 1) * sum(x.nbytes for x in jax.tree.leaves(state)))
+        free = shutil.disk_usage(workdir).free
+        if free < need:
+            raise OSError(f"workdir {workdir!r}: {free / 2**20:.1f} MiB free, but {keep + 1} "
+                          f"checkpoints need about {need / 2**20:.1f} MiB")
+
+
+class Preemption:
+    """SIGTERM (a preemption notice) sets a flag the loop checks after every step.
+
+    With several processes the Python handler is not installed: JAX's preemption
+    sync point (its own SIGTERM notifier) makes every host stop at the same step.
+    If that service is missing, the per-process handler is the fallback (logged:
+    hosts may then stop at different steps). The previous handler is restored on close.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        self._sync = jax.process_count() > 1
+        if not self._sync:
+            self._install()
+
+    def _install(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: checkpointing after the current step, then exiting")
+        self.requested = True
+
+    def reached(self, step: int) -> bool:
+        if self._sync:
+            from jax.experimental import multihost_utils  # noqa: PLC0415
+
+            try:
+                return bool(multihost_utils.reached_preemption_sync_point(step))
+            except RuntimeError as err:  # no preemption service in this jax.distributed set-up
+                logging.warning("no preemption sync point (%s): SIGTERM is handled per process, "
+                                "so hosts may stop at different steps", err)
+                self._sync = False
+                self._install()
+        return self.requested
+
+    def close(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
