@@ -105,7 +105,7 @@ def _check_eval(e):
             raise ValueError(f"config.eval.picture_laws: {err}") from None
     if e.fid_weights and not os.path.isfile(e.fid_weights):
         raise ValueError(f"config.eval.fid_weights: no such file {e.fid_weights!r} "
-                         "(see nnd/fid.py for how to obtain the weights)")
+                         "(see nnd/inception.py for how to obtain the weights)")
 
 
 def resolve(config, num_devices: int = 1) -> Experiment:

@@ -201,7 +201,7 @@ def _walk_bound(config, run: Restored, x, levels, key) -> dict:
 
 
 def _fid(config, samples) -> dict | None:
-    from nnd import fid  # noqa: PLC0415  (heavy: only when weights are given)
+    from nnd import fid, inception  # noqa: PLC0415  (heavy: only when weights are given)
 
     weights = config.eval.fid_weights
     if not weights:
@@ -209,7 +209,7 @@ def _fid(config, samples) -> dict | None:
     if config.data.name not in data.IMAGES:
         return {"skipped": "FID needs image data"}
     start = time.time()
-    feature_fn = fid.make_feature_fn(fid.load_weights(weights))
+    feature_fn = inception.make_feature_fn(inception.load_weights(weights))
     with open(weights, "rb") as f:
         digest = hashlib.sha1(f.read()).hexdigest()[:12]
     cache_dir = config.eval.fid_cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "nnd")

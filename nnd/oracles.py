@@ -2,10 +2,15 @@
 
 If x_0 ~ Σ_j w_j N(μ_j, Σ_j) and x_t | x_0 ~ N(alpha x_0, sigma² I), then
 
-.. math::  p_t(x) = \\sum_j w_j\\, N\\big(x;\\ \\alpha\\mu_j,\\ \\alpha^2\\Sigma_j + \\sigma^2 I\\big),
+.. math::  p_t(x) = \\sum_j w_j\\, N\\big(x;\\ \\alpha\\mu_j,\\ C_j\\big), \\qquad
+           C_j = \\alpha^2\\Sigma_j + \\sigma^2 I,
 
-so log p_t and its score ∇ log p_t are exact (a logsumexp over components).
-They are the ground truth for samplers, likelihoods and learned scores.
+so log p_t and its score ∇ log p_t are exact (a logsumexp over components), and so
+is the posterior of the noise ε of x_t = alpha x_0 + sigma ε. They are the ground
+truth for samplers, likelihoods and learned scores: the exact ε-prediction
+E[ε | x_t] = -sigma ∇ log p_t is ``processes.eps_fn_from_score(process, gmm_score(...))``,
+and :func:`loss_minimiser` is what a perfect fit of a non-quadratic eq. (5) loss
+learns instead (SPEC §4 (ii)).
 
 ``gmm8`` is the toy of SPEC §6: 8 equal weights, means (cos 2πj/8, sin 2πj/8),
 covariance 0.1² I.
@@ -15,14 +20,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["GMM", "gmm8", "gmm_score", "gmm_log_prob", "sample_gmm"]
+from nnd import losses, processes
+from nnd.increments import Law
+from nnd.processes import Process
+
+__all__ = ["GMM", "gmm8", "sample_gmm", "gmm_log_prob", "gmm_score", "posterior_eps",
+           "loss_minimiser", "HERMITE_NODES"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+
+#: Gauss–Hermite nodes per posterior component in :func:`loss_minimiser`.
+HERMITE_NODES = 48
+
+#: ``fn(x [B, D], t [B]) -> [B, D]`` or ``-> [B]``: a field or density of the noised data.
+ArrayFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -45,6 +62,8 @@ class GMM:
 
 
 def _as_gmm(weights, means, covs) -> GMM:
+    if isinstance(weights, GMM):
+        return weights
     w = np.asarray(weights, np.float64)
     mu = np.asarray(means, np.float64)
     cov = np.asarray(covs, np.float64)
@@ -72,7 +91,7 @@ def gmm8(std: float = 0.1) -> GMM:
     return _as_gmm(np.full(8, 1.0 / 8), means, covs)
 
 
-def sample_gmm(key, gmm: GMM, n: int, dtype=jnp.float32):
+def sample_gmm(key: jax.Array, gmm: GMM, n: int, dtype=jnp.float32) -> jax.Array:
     """n i.i.d. draws [n, D] from the mixture."""
     key_j, key_z = jax.random.split(key)
     j = jax.random.choice(key_j, gmm.weights.shape[0], (n,), p=jnp.asarray(gmm.weights))
@@ -82,8 +101,14 @@ def sample_gmm(key, gmm: GMM, n: int, dtype=jnp.float32):
     return jnp.asarray(gmm.means, dtype)[j] + jnp.einsum("nde,ne->nd", chol[j], z)
 
 
-def _component_terms(process, gmm: GMM, x_BxD, t_B):
-    """Per-component log w_j N(x; αμ_j, α²Σ_j + σ²I) [B, J] and scores [B, J, D]."""
+def _component_terms(process: Process, gmm: GMM, x_BxD, t_B, *, posterior_var: bool = False):
+    """The per-component Gaussians of p_t, with C_j = α²Σ_j + σ²I.
+
+    Returns:
+      (log w_j N(x; αμ_j, C_j) [B, J], the component scores -C_j⁻¹(x - αμ_j) [B, J, D],
+      and, if ``posterior_var``, Var(ε_i | x_t = x, j) = diag(α²Σ_j C_j⁻¹) [B, J, D],
+      else None).
+    """
     dtype = x_BxD.dtype
     alpha_B = process.alpha(t_B).astype(dtype)
     sigma2_B = process.sigma2(t_B).astype(dtype)
@@ -91,13 +116,17 @@ def _component_terms(process, gmm: GMM, x_BxD, t_B):
     mu_JxD = jnp.asarray(gmm.means, dtype)
     diff_BxJxD = x_BxD[:, None, :] - alpha_B[:, None, None] * mu_JxD[None]
     a2_B = jnp.square(alpha_B)
+    post_var_BxJxD = None
     if gmm.diagonal:
         var_JxD = jnp.asarray(np.diagonal(gmm.covs, axis1=1, axis2=2), dtype)
-        var_BxJxD = a2_B[:, None, None] * var_JxD[None] + sigma2_B[:, None, None]
+        prior_BxJxD = a2_B[:, None, None] * var_JxD[None]
+        var_BxJxD = prior_BxJxD + sigma2_B[:, None, None]
         score_BxJxD = -diff_BxJxD / var_BxJxD
         log_n_BxJ = -0.5 * jnp.sum(
             diff_BxJxD * (-score_BxJxD) + jnp.log(var_BxJxD) + _LOG_2PI, axis=-1
         )
+        if posterior_var:
+            post_var_BxJxD = prior_BxJxD / var_BxJxD
     else:
         cov_JxDxD = jnp.asarray(gmm.covs, dtype)
         eye = jnp.eye(gmm.dim, dtype=dtype)
@@ -107,24 +136,29 @@ def _component_terms(process, gmm: GMM, x_BxD, t_B):
         score_BxJxD = -sol
         logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
         log_n_BxJ = -0.5 * (jnp.sum(diff_BxJxD * sol, axis=-1) + logdet + gmm.dim * _LOG_2PI)
-    return log_w_J[None] + log_n_BxJ, score_BxJxD
+        if posterior_var:
+            # α² C⁻¹Σ, written so that no 1 - σ²(C⁻¹)_ii cancels when α is small.
+            inv_cov = jax.scipy.linalg.cho_solve(
+                (chol, True), jnp.broadcast_to(cov_JxDxD, cov_BxJxDxD.shape))
+            post_var_BxJxD = a2_B[:, None, None] * jnp.diagonal(inv_cov, axis1=-2, axis2=-1)
+    return log_w_J[None] + log_n_BxJ, score_BxJxD, post_var_BxJxD
 
 
-def gmm_log_prob(process, weights, means=None, covs=None):
+def gmm_log_prob(process: Process, weights, means=None, covs=None) -> ArrayFn:
     """Exact log p_t(x): returns ``log_prob_fn(x [B, D], t [B]) -> [B]``.
 
     Pass either (weights, means, covs) or a GMM as the first argument.
     """
-    gmm = weights if isinstance(weights, GMM) else _as_gmm(weights, means, covs)
+    gmm = _as_gmm(weights, means, covs)
 
     def log_prob_fn(x_BxD, t_B):
-        log_joint_BxJ, _ = _component_terms(process, gmm, x_BxD, t_B)
+        log_joint_BxJ, _, _ = _component_terms(process, gmm, x_BxD, t_B)
         return jax.nn.logsumexp(log_joint_BxJ, axis=-1)
 
     return log_prob_fn
 
 
-def gmm_score(process, weights, means=None, covs=None):
+def gmm_score(process: Process, weights, means=None, covs=None) -> ArrayFn:
     """Exact score ∇_x log p_t(x): returns ``score_fn(x [B, D], t [B]) -> [B, D]``.
 
     .. math::  \\nabla \\log p_t(x) = \\sum_j r_j(x)\\,
@@ -133,11 +167,86 @@ def gmm_score(process, weights, means=None, covs=None):
     with responsibilities r = softmax_j(log w_j + log N_j(x)). Pass either
     (weights, means, covs) or a GMM as the first argument.
     """
-    gmm = weights if isinstance(weights, GMM) else _as_gmm(weights, means, covs)
+    gmm = _as_gmm(weights, means, covs)
 
     def score_fn(x_BxD, t_B):
-        log_joint_BxJ, score_BxJxD = _component_terms(process, gmm, x_BxD, t_B)
+        log_joint_BxJ, score_BxJxD, _ = _component_terms(process, gmm, x_BxD, t_B)
         r_BxJ = jax.nn.softmax(log_joint_BxJ, axis=-1)
         return jnp.einsum("bj,bjd->bd", r_BxJ, score_BxJxD)
 
     return score_fn
+
+
+def posterior_eps(process: Process, gmm: GMM, x_BxD: jax.Array,
+                  t_B: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The law of each coordinate of ε given x_t = alpha x_0 + sigma ε (SPEC §6).
+
+    Given x_t = x and component j, ε is Gaussian; coordinate i of ε given x is
+    the mixture Σ_j r_j N(m_ji, s_ji²) with
+
+    .. math::  r_j \\propto w_j N(x; \\alpha\\mu_j, C_j), \\quad
+               m_j = \\sigma C_j^{-1}(x - \\alpha\\mu_j), \\quad
+               s_j^2 = \\operatorname{diag}(\\alpha^2\\Sigma_j C_j^{-1}), \\quad
+               C_j = \\alpha^2\\Sigma_j + \\sigma^2 I,
+
+    so Σ_j r_j m_j = E[ε | x_t] = -sigma ∇ log p_t (SPEC §4).
+
+    Returns:
+      (r [B, J], means [B, J, D], stds [B, J, D]).
+    """
+    log_joint_BxJ, score_BxJxD, var_BxJxD = _component_terms(
+        process, gmm, x_BxD, t_B, posterior_var=True)
+    sigma_Bx1x1 = processes.per_example(process.sigma(t_B), score_BxJxD)
+    return jax.nn.softmax(log_joint_BxJ, axis=-1), -sigma_Bx1x1 * score_BxJxD, jnp.sqrt(var_BxJxD)
+
+
+def loss_minimiser(process: Process, gmm: GMM, q: Law | str, p: Law | str, num_steps: int, *,
+                   num_nodes: int = HERMITE_NODES, num_iters: int = 40) -> ArrayFn:
+    """m*(x, t): what a perfect fit of the eq. (5) loss learns for ε (SPEC §4 (ii)).
+
+    Per coordinate, the minimiser of the expected loss given x_t,
+
+    .. math::  m^*_i = \\arg\\min_m \\mathbb{E}[\\ell_{q,p}(c(m - \\varepsilon_i)) \\mid x_t],
+               \\qquad c = g\\sqrt{\\Delta t}/\\sigma \\text{ at } t = t_{k+1},
+
+    i.e. the root of ψ(m) = E[ℓ'(c(m - ε_i)) | x_t], non-decreasing in m since ℓ is
+    convex. The expectation over the posterior (:func:`posterior_eps`) uses
+    ``num_nodes`` Gauss–Hermite nodes per component; the root is found by
+    ``num_iters`` bisections on a bracket spanning every node. For q = p = gaussian,
+    m* = E[ε | x_t]; for a non-quadratic ℓ it is an M-estimate that differs where
+    the posterior is skewed, and tends to E[ε | x_t] as c ∝ 1/√K → 0.
+
+    Returns:
+      ``eps_fn(x [B, D], t [B]) -> m* [B, D]``.
+
+    Raises:
+      ValueError: a pair whose KL is infinite (:func:`nnd.losses.check_pair`).
+    """
+    q, p = losses.check_pair(q, p)
+    num_steps = processes.check_num_steps(num_steps)
+    z_H, w_H = np.polynomial.hermite.hermgauss(num_nodes)
+    dl = jax.grad(lambda u: jnp.sum(losses.shift_kl(q, p, u)))
+
+    def eps_fn(x_BxD, t_B):
+        r_BxJ, mean_BxJxD, std_BxJxD = posterior_eps(process, gmm, x_BxD, t_B)
+        dtype = x_BxD.dtype
+        z = jnp.asarray(z_H * math.sqrt(2.0), dtype)
+        eps_BxJxDxH = mean_BxJxD[..., None] + std_BxJxD[..., None] * z
+        w_BxJx1xH = r_BxJ[:, :, None, None] * jnp.asarray(w_H / math.sqrt(math.pi), dtype)
+        c_B = losses.step_scale(process, t_B, num_steps).astype(dtype)[:, None, None, None]
+
+        def psi(m_BxD):
+            return jnp.sum(w_BxJx1xH * dl(c_B * (m_BxD[:, None, :, None] - eps_BxJxDxH)),
+                           axis=(1, 3))
+
+        def bisect(_, bracket):
+            lo, hi = bracket
+            mid = 0.5 * (lo + hi)
+            right = psi(mid) > 0.0  # the root is left of mid
+            return jnp.where(right, lo, mid), jnp.where(right, mid, hi)
+
+        bracket = (jnp.min(eps_BxJxDxH, axis=(1, 3)) - 1.0, jnp.max(eps_BxJxDxH, axis=(1, 3)) + 1.0)
+        lo, hi = jax.lax.fori_loop(0, num_iters, bisect, bracket)
+        return 0.5 * (lo + hi)
+
+    return eps_fn

@@ -22,7 +22,7 @@ __all__ = ["forward_step", "reverse_step", "forward", "reverse", "moments", "twe
 
 
 def forward_step(process: processes_lib.Process, x: jax.Array, z: jax.Array, t, dt: float) -> jax.Array:
-    """One forward step of the structured random walk, eq. (8), from t to t + Δt.
+    r"""One forward step of the structured random walk, eq. (8), from t to t + Δt.
 
     .. math::  x_{k+1} = x_k + f(t_k)\, x_k \Delta t + g(t_k)\sqrt{\Delta t}\, z_k,
 
@@ -34,7 +34,7 @@ def forward_step(process: processes_lib.Process, x: jax.Array, z: jax.Array, t, 
 
 def reverse_step(process: processes_lib.Process, x: jax.Array, score: jax.Array, z: jax.Array,
                  t, dt: float) -> jax.Array:
-    """One reverse step of the walk, eq. (8), from t = t_{k+1} down to t - Δt (SPEC §3).
+    r"""One reverse step of the walk, eq. (8), from t = t_{k+1} down to t - Δt (SPEC §3).
 
     .. math::  x_k = x_{k+1} - \big[f x_{k+1} - g^2 s(x_{k+1}, t_{k+1})\big]\Delta t
                      + g\sqrt{\Delta t}\, z_k,

@@ -10,6 +10,8 @@ from nnd.bench import train as bench_train
 
 @pytest.mark.slow
 def test_train_benchmark_reports_every_row(tmp_path):
+    with pytest.raises(ValueError, match="unknown rows"):
+        bench_train.main(["--rows", "gaussian,cauchy"])
     out = tmp_path / "bench.json"
     report = bench_train.main(["--out", str(out), "--width", "8", "--blocks", "1",
                                "--batch", "4", "--steps", "1", "--repeats", "1",
@@ -20,6 +22,7 @@ def test_train_benchmark_reports_every_row(tmp_path):
     assert report["goal_fraction_of_peak"] == PEAK_FRACTION_GOAL
     rows = report["rows"]
     assert [r["row"] for r in rows] == ["gaussian", "uniform_laplace"]
+    assert [(r["q"], r["p"]) for r in rows] == [("gaussian", "gaussian"), ("uniform", "laplace")]
     assert rows[0]["ratio"] == 1.0 and rows[0]["loss_alone_ratio"] == 1.0
     for r in rows:
         for key in ("seconds_per_step", "examples_per_second", "compile_seconds", "flops_per_step",
@@ -28,16 +31,11 @@ def test_train_benchmark_reports_every_row(tmp_path):
             assert r[key] > 0, (r["row"], key)
         assert r["achieved_flops_per_second"] == pytest.approx(
             r["flops_per_step"] / r["seconds_per_step"])
+    assert report["config"]["image_shape"] == [32, 32, 3]
     peak = report["matmul_peak"]
     assert [p["name"] for p in peak["probes"]] == ["matmul 64", "matmul 128"]
     assert peak["flops_per_second"] == max(p["flops_per_second"] for p in peak["probes"]) > 0
     assert peak["probes"][1]["flops"] == 2 * 128 ** 3
-    assert report["stream_bandwidth"]["bytes_per_second"] > 0
-    assert "analysis" not in report
+    assert "probes" not in report  # --no-analysis: rows and peak only
     assert {"cpu_model", "device_kind", "backend"} <= set(report["machine"])
     assert "| gaussian / gaussian |" in bench_train.markdown(report)
-
-
-def test_unknown_row_is_refused():
-    with pytest.raises(ValueError, match="unknown rows"):
-        bench_train.main(["--rows", "gaussian,cauchy"])

@@ -5,14 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from configs import default
+from nnd import defaults
 from nnd import evaluate, losses, train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _tiny_toy_config():
-    config = default.get_config()
+    config = defaults.default()
     config.data.batch_size = 64
     config.model.hidden, config.model.depth, config.model.embed_dim = 32, 1, 16
     config.loss.num_steps = 20
@@ -69,7 +69,7 @@ def test_eval_without_checkpoint_raises(tmp_path):
 
 def test_toy_eval_writes_every_file(tmp_path):
     config = _tiny_toy_config()
-    train.train_and_evaluate(config, str(tmp_path))
+    train.train(config, str(tmp_path))
     result = evaluate.evaluate(config, str(tmp_path))
     _check_written(tmp_path, result)
     assert result["step"] == 6
@@ -95,7 +95,7 @@ def test_eval_walk_sum_counts_the_penalty_for_mismatched_laws(tmp_path):
     config.loss.q, config.loss.p = "uniform", "laplace"
     config.eval.likelihood = False
     config.sampling.sampler = "heun"
-    train.train_and_evaluate(config, str(tmp_path))
+    train.train(config, str(tmp_path))
     result = evaluate.evaluate(config, str(tmp_path))
     assert "likelihood" not in result
     # K·D·l(0) with K = 20, D = 2 and l_{U,L}(0) = log(b/a) + a/(2b).
@@ -112,7 +112,7 @@ def test_sample_mode_uses_the_configured_sampler(tmp_path, sampler):
     config = _tiny_toy_config()
     config.sampling.sampler = sampler
     config.sampling.batch_size = 20  # 50 samples in 3 compiled calls
-    train.train_and_evaluate(config, str(tmp_path))
+    train.train(config, str(tmp_path))
     samples = evaluate.sample(config, str(tmp_path))
     assert samples.shape == (50, 2) and np.all(np.isfinite(samples))
     with np.load(tmp_path / "samples.npz") as f:
@@ -124,7 +124,7 @@ def test_sample_mode_uses_the_configured_sampler(tmp_path, sampler):
 @pytest.mark.slow
 def test_digits_eval_counts_every_test_example_and_writes_every_file(tmp_path):
     config = _tiny_digits_config()
-    train.train_and_evaluate(config, str(tmp_path))
+    train.train(config, str(tmp_path))
     result = evaluate.evaluate(config, str(tmp_path))
     _check_written(tmp_path, result)
     lik = result["likelihood"]
@@ -137,8 +137,8 @@ def test_digits_eval_counts_every_test_example_and_writes_every_file(tmp_path):
 
 
 def test_fid_is_computed_and_its_reference_cached(tmp_path, monkeypatch):
-    """The FID plumbing with a cheap stand-in feature network (the real one is tested in fid_test)."""
-    from nnd import fid
+    """The FID plumbing with a cheap stand-in feature network (the real one is tested in inception_test)."""
+    from nnd import inception
 
     calls = []
 
@@ -149,15 +149,15 @@ def test_fid_is_computed_and_its_reference_cached(tmp_path, monkeypatch):
             return np.stack([x.mean(1), x.std(1), x[:, :8].mean(1)], axis=1)
         return features
 
-    monkeypatch.setattr(fid, "make_feature_fn", fake_feature_fn_maker)
-    monkeypatch.setattr(fid, "load_weights", lambda path: {})
+    monkeypatch.setattr(inception, "make_feature_fn", fake_feature_fn_maker)
+    monkeypatch.setattr(inception, "load_weights", lambda path: {})
     weights = tmp_path / "weights.npz"
     weights.write_bytes(b"stand-in")
     config = _tiny_digits_config()
     config.eval.likelihood = False
     config.eval.fid_weights = str(weights)
     config.eval.fid_cache_dir = str(tmp_path / "cache")
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    train.train(config, str(tmp_path / "run"))
     first = evaluate.evaluate(config, str(tmp_path / "run"))["fid"]
     assert np.isfinite(first["fid"]) and first["num_samples"] == 8
     reals = sum(calls) - 8

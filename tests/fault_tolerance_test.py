@@ -17,15 +17,19 @@ import jax
 import numpy as np
 import pytest
 
-from configs import default
-from nnd import data, train
+from nnd import data, defaults, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = 1500
 
 
+def _build(config, workdir):
+    """The run as the loop builds it (restores the newest readable checkpoint)."""
+    return train.build(config, workdir, batches=data.make_batches(config), mesh=train.make_mesh())
+
+
 def _config(num_steps=TOTAL, checkpoint_every=50):
-    config = default.get_config()
+    config = defaults.default()
     config.data.batch_size = 32
     config.model.hidden, config.model.depth, config.model.embed_dim = 16, 1, 8
     config.loss.num_steps = 20
@@ -48,7 +52,7 @@ def _assert_same(a, b):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    return train.train_and_evaluate(_config(), str(tmp_path_factory.mktemp("straight")))
+    return train.train(_config(), str(tmp_path_factory.mktemp("straight")))
 
 
 _CHILD = textwrap.dedent("""
@@ -56,7 +60,7 @@ _CHILD = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     from tests.fault_tolerance_test import _config
     from nnd import train
-    state = train.train_and_evaluate(_config(), {workdir!r})
+    state = train.train(_config(), {workdir!r})
     print("final step", int(state.step))
 """)
 
@@ -97,7 +101,7 @@ def test_sigterm_checkpoints_the_current_step_and_resume_is_identical(tmp_path, 
     stopped = int(out.split("final step")[1])
     assert 120 <= stopped < TOTAL
     assert _checkpoints(tmp_path)[-1] == stopped  # the current step, not the last periodic one
-    resumed = train.train_and_evaluate(_config(), str(tmp_path))
+    resumed = train.train(_config(), str(tmp_path))
     assert int(resumed.step) == TOTAL
     _assert_same(resumed, uninterrupted)
 
@@ -110,10 +114,10 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path, uni
     proc.communicate()
     saved = _checkpoints(tmp_path)
     assert saved and seen - 50 - 10 <= saved[-1] <= TOTAL  # at most one interval behind
-    run = train.build(_config(), str(tmp_path))
-    assert int(run["state"].step) == saved[-1]
-    run["manager"].close()
-    resumed = train.train_and_evaluate(_config(), str(tmp_path))
+    run = _build(_config(), str(tmp_path))
+    assert int(run.state.step) == saved[-1]
+    run.manager.close()
+    resumed = train.train(_config(), str(tmp_path))
     _assert_same(resumed, uninterrupted)
 
 
@@ -129,17 +133,17 @@ def _corrupt(step_dir):
 
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     config = _config(num_steps=6, checkpoint_every=3)
-    straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    straight = train.train(config, str(tmp_path / "straight"))
+    train.train(config, str(tmp_path / "run"))
     _corrupt(tmp_path / "run" / "checkpoints" / "6")
     with caplog.at_level(logging.WARNING):
-        run = train.build(config, str(tmp_path / "run"))
-    assert int(run["state"].step) == 3
+        run = _build(config, str(tmp_path / "run"))
+    assert int(run.state.step) == 3
     assert any("checkpoints/6 is unreadable" in r.getMessage() for r in caplog.records)
-    run["manager"].close()
+    run.manager.close()
     aside = [d for d in os.listdir(tmp_path / "run" / "checkpoints") if d.startswith("6.unreadable")]
     assert len(aside) == 1  # kept for inspection, out of orbax's way
-    resumed = train.train_and_evaluate(config, str(tmp_path / "run"))
+    resumed = train.train(config, str(tmp_path / "run"))
     assert int(resumed.step) == 6
     _assert_same(resumed, straight)
 
@@ -158,18 +162,18 @@ def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, 
     _poison_step(monkeypatch, 4)  # the batch of step index 4 gives step 5 a NaN loss
     config = _config(num_steps=9, checkpoint_every=3)
     with pytest.raises(FloatingPointError, match=r"step 5: non-finite loss.*last good checkpoint is step 3"):
-        train.train_and_evaluate(config, str(tmp_path))
+        train.train(config, str(tmp_path))
     assert _checkpoints(tmp_path) == [3]
-    run = train.build(config, str(tmp_path))
-    assert all(np.all(np.isfinite(x)) for x in _leaves(run["state"]))
-    run["manager"].close()
+    run = _build(config, str(tmp_path))
+    assert all(np.all(np.isfinite(x)) for x in _leaves(run.state))
+    run.manager.close()
 
 
 def test_skip_nonfinite_skips_the_bad_step(tmp_path, monkeypatch):
     _poison_step(monkeypatch, 4)
     config = _config(num_steps=9, checkpoint_every=3)
     config.train.skip_nonfinite = True
-    state = train.train_and_evaluate(config, str(tmp_path))
+    state = train.train(config, str(tmp_path))
     assert int(state.step) == 9 and _checkpoints(tmp_path) == [3, 6, 9]
     assert all(np.all(np.isfinite(x)) for x in _leaves(state))
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
@@ -180,7 +184,7 @@ def test_workdir_that_is_a_file_is_refused_before_training(tmp_path):
     path = tmp_path / "not_a_dir"
     path.write_text("x")
     with pytest.raises(OSError, match="not writable"):
-        train.train_and_evaluate(_config(num_steps=2), str(path))
+        train.train(_config(num_steps=2), str(path))
 
 
 def test_full_disk_is_refused_before_training(tmp_path, monkeypatch):
@@ -190,5 +194,5 @@ def test_full_disk_is_refused_before_training(tmp_path, monkeypatch):
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 100, 100))
     with pytest.raises(OSError, match="MiB free"):
-        train.train_and_evaluate(_config(num_steps=2), str(tmp_path))
+        train.train(_config(num_steps=2), str(tmp_path))
     assert not (tmp_path / "checkpoints" / "2").exists()

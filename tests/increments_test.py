@@ -337,3 +337,27 @@ def test_student_t_with_finite_fourth_moment_is_silent(df):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         increments.get("student_t", df=df)
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("gaussian", increments.get("gaussian")),
+    (" laplace ", increments.get("laplace")),
+    ("student_t:5", increments.get("student_t", df=5.0)),
+    ("gennorm:1.5", increments.get("gennorm", beta=1.5)),
+])
+def test_parse_reads_law_specs(spec, expected):
+    assert increments.parse(spec) == expected
+    assert increments.parse(expected) is expected  # a law passes through
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("cauchy", "unknown increment law"),
+    ("laplace:2", "takes no parameter"),
+    ("student_t:five", "must be a number"),
+    ("student_t:2", "df must be > 2"),
+    ("", "expected an increment law"),
+    ({"name": "gaussian"}, "expected an increment law"),
+])
+def test_parse_refuses_bad_specs(spec, message):
+    with pytest.raises(ValueError, match=message):
+        increments.parse(spec)

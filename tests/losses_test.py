@@ -290,11 +290,11 @@ def test_shift_kl_of_python_scalar_is_float32():
     [
         ("logistic", "laplace", ("logistic", "laplace")),
         (increments.get("logistic"), increments.get("laplace"), ("logistic", "laplace")),
-        ({"name": "student_t", "df": 5.0}, "gaussian", ("student_t:5", "gaussian")),
+        ("student_t:5", "gaussian", ("student_t:5", "gaussian")),
     ],
-    ids=["names", "laws", "mapping"],
+    ids=["names", "laws", "spec"],
 )
-def test_shift_kl_accepts_laws_names_and_mappings(q, p, pair):
+def test_shift_kl_accepts_laws_names_and_specs(q, p, pair):
     # Same float32 tolerance as the closed forms above.
     got = jitted_shift_kl(q, p, jnp.asarray(SHIFTS, jnp.float32))
     np.testing.assert_allclose(np.asarray(got, np.float64), reference(*pair),

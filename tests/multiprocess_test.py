@@ -17,7 +17,7 @@ import pytest
 
 from nnd import main as main_lib
 from nnd import train
-from tests.fault_tolerance_test import _config, _leaves
+from tests.fault_tolerance_test import _build, _config, _leaves
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,7 +31,7 @@ _CHILD = textwrap.dedent("""
     from tests.fault_tolerance_test import _config, _leaves
     from nnd import train
     assert jax.process_count() == 2 and jax.device_count() == 2, jax.devices()
-    state = train.train_and_evaluate(_config(num_steps=1, checkpoint_every=1), {workdir!r})
+    state = train.train(_config(num_steps=1, checkpoint_every=1), {workdir!r})
     if jax.process_index() == 0:
         np.savez({out!r}, *[np.asarray(x) for x in _leaves(state)])
     print("process", jax.process_index(), "done")
@@ -75,16 +75,15 @@ def test_two_processes_equal_one_and_their_checkpoint_restores_in_one(tmp_path):
         assert proc.returncode == 0, stderr[-3000:]
     two = [a for _, a in sorted(np.load(out).items(), key=lambda kv: int(kv[0].split("_")[1]))]
 
-    single = train.train_and_evaluate(_config(num_steps=1, checkpoint_every=1),
-                                      str(tmp_path / "one"))
+    single = train.train(_config(num_steps=1, checkpoint_every=1), str(tmp_path / "one"))
     assert jax.process_count() == 1
     for a, b in zip(_leaves(single), two):
         # Same batch and keys; only the order of the cross-process gradient sum differs.
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
 
     # The two-process checkpoint restores (resharded onto this process's devices).
-    run = train.build(_config(num_steps=1, checkpoint_every=1), str(workdir))
-    assert int(run["state"].step) == 1
-    for a, b in zip(_leaves(run["state"]), two):
+    run = _build(_config(num_steps=1, checkpoint_every=1), str(workdir))
+    assert int(run.state.step) == 1
+    for a, b in zip(_leaves(run.state), two):
         np.testing.assert_array_equal(a, b)
-    run["manager"].close()
+    run.manager.close()

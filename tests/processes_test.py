@@ -79,9 +79,10 @@ def test_marginals_match_closed_forms(name):
     np.testing.assert_allclose(np.asarray(p.alpha(t32)), alpha_ref, rtol=2e-5)
     np.testing.assert_allclose(np.asarray(p.sigma(t32)), sigma_ref, rtol=2e-5)
     np.testing.assert_allclose(np.asarray(p.sigma2(t32)), sigma_ref**2, rtol=4e-5)
-    a, s = p.marginal(t32)
-    np.testing.assert_allclose(np.asarray(a), alpha_ref, rtol=2e-5)
-    np.testing.assert_allclose(np.asarray(s), sigma_ref, rtol=2e-5)
+    x0, eps = np.full((len(t), 3), 0.7), np.full((len(t), 3), -1.3)
+    x_t = p.marginal(jnp.asarray(x0, jnp.float32), jnp.asarray(eps, jnp.float32), t32)
+    np.testing.assert_allclose(np.asarray(x_t), alpha_ref[:, None] * x0 + sigma_ref[:, None] * eps,
+                               rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -264,3 +265,29 @@ def test_check_num_steps_rejects(bad):
 def test_check_num_steps_accepts_integers():
     assert processes.check_num_steps(3) == 3
     assert processes.check_num_steps(np.int64(5)) == 5
+
+
+def test_drifts_eps_and_score_converters_are_the_formulas():
+    p = processes.get("vp")
+    t_B = jnp.asarray([0.1, 0.5, 0.9], jnp.float32)
+    x = jnp.asarray(np.arange(12, dtype=np.float32).reshape(3, 2, 2) / 10)
+    score = -0.5 * x
+    f, g2 = np.asarray(p.f(t_B))[:, None, None], np.asarray(p.g2(t_B))[:, None, None]
+    np.testing.assert_allclose(processes.reverse_drift(p, x, score, t_B), f * x - g2 * score,
+                               rtol=1e-6)
+    np.testing.assert_allclose(processes.pf_ode_drift(p, x, score, t_B), f * x - 0.5 * g2 * score,
+                               rtol=1e-6)
+    # a scalar t broadcasts the same way
+    np.testing.assert_allclose(processes.reverse_drift(p, x, score, 0.5),
+                               processes.reverse_drift(p, x, score, jnp.full((3,), 0.5)), rtol=1e-6)
+    sigma = np.asarray(p.sigma(t_B))[:, None, None]
+    eps_fn = lambda x_, t_: 2.0 * x_  # noqa: E731
+    score_fn = processes.score_fn_from_eps(p, eps_fn)
+    np.testing.assert_allclose(score_fn(x, t_B), -2.0 * np.asarray(x) / sigma, rtol=1e-6)
+    np.testing.assert_allclose(processes.eps_fn_from_score(p, score_fn)(x, t_B), 2.0 * x, rtol=1e-5)
+
+
+def test_param_names_cover_every_process():
+    names = set(processes.param_names())
+    assert names == {"beta_min", "beta_max", "sigma_min", "sigma_max", "gamma_min", "gamma_max",
+                     "t_eps"}

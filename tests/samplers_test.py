@@ -49,37 +49,16 @@ def test_samples_reach_the_mixture(setup, sampler, law, kwargs):
 
 
 def test_a_broken_corrector_is_detected(setup):
-    """The checks above have power: a corrector with a far too large step fails them.
+    """The blob-width check above has power: a corrector with a far too large step fails it.
 
-    At snr = 2 the blobs come out about four times too wide (measured 0.078-0.080 with
-    jax 0.10 and 0.12), while the energy distance (0.0057-0.0074) sits near its 0.006 bar.
+    At snr = 2 the dynamics are chaotic: over keys 1-6 the blob width came out between
+    0.031 and 0.104 (0.02 is right), so the check's band of 5 standard errors (±0.0022)
+    rejects every one of them; the energy distance does not (0.0008 for some keys), so
+    the blob width is the statistic that carries the check.
     """
     x, _ = draw(setup, "pc", "gaussian", num_steps=50, snr=2.0)
     width, _ = metrics.nearest_centre(x, oracles.gmm8().means)
-    assert width > 0.04  # twice the true 0.02, far outside the 5-SE band of the check
-    assert metrics.energy_distance(x, setup[2]) > 0.003
-
-
-@pytest.mark.parametrize("sampler,kwargs,expected", [
-    ("walk", dict(num_steps=30), 31),
-    ("walk", dict(num_steps=30, denoise=False), 30),
-    ("pc", dict(num_steps=30, corrector_steps=2), 91),
-    ("heun", dict(num_steps=30), 61),
-])
-def test_nfe_counts(setup, sampler, kwargs, expected):
-    assert draw(setup, sampler, **kwargs)[1] == expected
-
-
-def test_adaptive_ode_nfe_grows_with_tighter_tolerance(setup):
-    _, loose = draw(setup, "ode", num_steps=1, rtol=1e-2, atol=1e-2)
-    _, tight = draw(setup, "ode", num_steps=1, rtol=1e-5, atol=1e-5)
-    assert 1 < loose < tight
-
-
-def test_ode_sampler_is_deterministic_and_ignores_the_law(setup):
-    a, _ = draw(setup, "heun", "gaussian", num_steps=10)
-    b, _ = draw(setup, "heun", "laplace", num_steps=10)
-    np.testing.assert_array_equal(a, b)
+    assert abs(width - 0.02) >= 5 * 0.02 / np.sqrt(N)  # the check of the test above fails
 
 
 def test_the_law_drives_walk_and_corrector_noise(setup):
@@ -110,11 +89,52 @@ def test_bad_arguments_raise(setup):
         samplers.sample("pc", process, law, score, key, (4, 2), num_steps=0)
 
 
-def test_pf_ode_drift_matches_eq6(setup):
+def test_pf_ode_field_matches_eq6(setup):
     process, score, _ = setup
     x = jnp.asarray(setup[2][:5])
     t = 0.3
-    drift = samplers.pf_ode_drift(process, score)(x, jnp.float32(t))
+    drift = samplers.pf_ode_field(process, score)(x, jnp.float32(t))
     s = score(x, jnp.full((5,), t))
     expected = process.f(t) * x - 0.5 * process.g(t) ** 2 * s
     np.testing.assert_allclose(np.asarray(drift), np.asarray(expected), rtol=1e-6)
+
+
+def test_predictor_corrector_without_corrector_is_the_reverse_walk(setup):
+    # The predictor is the one reverse step of eq. (8) (walks.reverse_step), the same as the walk's.
+    from nnd import walks  # noqa: PLC0415
+
+    process, score, _ = setup
+    law = increments.get("uniform")
+    key = jax.random.key(3)
+    x, nfe = samplers.predictor_corrector(process, law, score, key, (N, 2), num_steps=15,
+                                          corrector_steps=0)
+    key_prior, key_pred, _ = jax.random.split(key, 3)
+    x_init = process.prior_sample(key_prior, (N, 2))
+    t_grid, dt = processes.time_grid(process, 15)
+    y = x_init
+    for k in reversed(range(15)):
+        t = t_grid[k + 1]
+        s = score(y, jnp.full((N,), t))
+        z = law.sample(jax.random.fold_in(key_pred, k), (N, 2))
+        y = walks.reverse_step(process, y, s, z, t, dt)
+    y = walks.tweedie_denoise(process, score, y, process.t_eps)
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-4)
+    assert int(nfe) == 16
+
+
+def test_draw_compiles_once_per_shape_and_reuses_it_for_new_parameters():
+    from nnd import models  # noqa: PLC0415
+
+    model = models.MLP(hidden=8, depth=1, embed_dim=8)
+    process, law = processes.get("vp"), increments.get("gaussian")
+    settings = samplers.Settings(num_steps=3, batch_size=16)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,)))["params"]
+    samplers.compiled.cache_clear()
+    a, nfe = samplers.draw(model, params, process, law, settings, (2,), 40, jax.random.key(1))
+    shifted = jax.tree.map(lambda p: p + 0.1, params)
+    b, _ = samplers.draw(model, shifted, process, law, settings, (2,), 40, jax.random.key(1))
+    assert a.shape == b.shape == (40, 2) and nfe == 4
+    assert not np.allclose(a, b)  # the new parameters are used, not captured ones
+    info = samplers.compiled.cache_info()
+    assert info.misses == 1 and info.hits == 1
+    assert samplers.compiled(model, process, law, (16, 2), settings)._cache_size() == 1

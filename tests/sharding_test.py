@@ -13,12 +13,12 @@ import pytest
 _SCRIPT = textwrap.dedent(
     """
     import jax, numpy as np
-    from configs import default
+    from nnd import defaults
     from nnd import train
     import tempfile
 
     assert jax.device_count() == 8, jax.devices()
-    config = default.get_config()
+    config = defaults.default()
     config.data.batch_size = 64
     config.model.hidden = 32
     config.model.depth = 1
@@ -31,7 +31,7 @@ _SCRIPT = textwrap.dedent(
     params = {}
     for name, mesh in meshes.items():
         with tempfile.TemporaryDirectory() as workdir:
-            state = train.train_and_evaluate(config, workdir, mesh=mesh)
+            state = train.train(config, workdir, mesh=mesh)
         leaves = jax.tree.leaves(state.params)
         assert all(len(x.sharding.device_set) == mesh.size for x in leaves)
         params[name] = [np.asarray(x) for x in leaves]

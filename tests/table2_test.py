@@ -1,10 +1,11 @@
-"""End-to-end test of nnd.experiments.table2 with tiny digits models."""
+"""Tests of nnd.experiments.table2: the table, the command line, and end to end with tiny digits models."""
 
 import json
 import os
 
 import pytest
 
+from nnd import defaults
 from nnd.experiments import table2
 
 TINY = {
@@ -19,6 +20,24 @@ TINY = {
 def test_missing_checkpoint_without_train_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="--train"):
         table2.run(str(tmp_path / "runs"), str(tmp_path / "out"), overrides=TINY)
+    assert not (tmp_path / "out" / "table2.json").exists()
+
+
+def test_main_without_train_asks_for_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--train"):
+        table2.main(["--root", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+
+
+def test_markdown_has_a_line_per_row():
+    rows = {row: {"likelihood": {"bpd": 1.0, "se_examples": 0.01, "nfe_mean": 50.0},
+                  "walk_bound": {"total_bpd": 2.0, "total_with_penalty_bpd": 3.0},
+                  "samples": {"energy_distance": 0.5, "nfe": 10.0}} for row in defaults.ROWS}
+    rows["laplace"].pop("likelihood")
+    lines = table2.markdown({"rows": rows, "paper_cifar10": table2.PAPER}).splitlines()
+    assert len(lines) == 2 + 4 and lines[1] == "|" + "---|" * 7
+    assert lines[2] == ("| gaussian / gaussian | 1.000 ± 0.010 | 2.000 | 3.00 | 0.5000 | 10 / 50 "
+                        "| 2.49, 1.98 |")
+    assert lines[3] == "| laplace / laplace | – | 2.000 | 3.00 | 0.5000 | 10 / – | 2.47, 2.44 |"
 
 
 @pytest.mark.slow
@@ -37,5 +56,6 @@ def test_table2_trains_evaluates_and_writes_table_and_figure(tmp_path):
         assert r["likelihood"]["num_examples"] == 10 and r["samples"]["num_samples"] == 8
     table = (out / "table2.md").read_text().strip().splitlines()
     assert len(table) == 2 + 4 and table[2].startswith("| gaussian / gaussian |")
-    assert json.loads((out / "table2.json").read_text())["rows"].keys() == rows.keys()
+    written = json.loads((out / "table2.json").read_text())
+    assert written["rows"].keys() == rows.keys() and "nproc" in written["machine"]
     assert (out / "table2_samples.png").read_bytes()[:4] == b"\x89PNG"

@@ -339,3 +339,16 @@ def test_reverse_denoise_keys_and_determinism(gmm_setup):
     assert not np.allclose(np.asarray(d), np.asarray(f))
     with pytest.raises(ValueError):
         walks.reverse(p, law, score, jax.random.key(0), shape, 2.5)
+
+
+def test_forward_and_reverse_step_are_the_eq8_formulas():
+    p = processes.get("vdm")
+    x = jnp.asarray([[0.3, -1.2], [2.0, 0.5]], jnp.float32)
+    z = jnp.asarray([[1.0, -1.0], [0.5, 2.0]], jnp.float32)
+    s = -x / 0.7
+    t, dt = 0.4, 0.01
+    f, g = float(p.f(t)), float(p.g(t))
+    np.testing.assert_allclose(walks.forward_step(p, x, z, t, dt),
+                               x + f * x * dt + g * math.sqrt(dt) * z, rtol=1e-5)
+    np.testing.assert_allclose(walks.reverse_step(p, x, s, z, t, dt),
+                               x - (f * x - g * g * s) * dt + g * math.sqrt(dt) * z, rtol=1e-5)

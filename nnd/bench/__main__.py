@@ -1,16 +1,19 @@
-"""All of issue 5's benchmarks in one process, one JSON, Markdown tables naming the machine.
+"""The benchmarks in one process: one JSON, Markdown tables naming the machine.
 
 Parts (``--parts``, default ``train,walks,memory``; run in this order):
 
 - ``train``: the train step per (q, p) on the reduced-width CIFAR-10 config with
-  the matmul peak timed in the same turns, fraction of peak and what limits it
-  (:mod:`nnd.bench.train`, :mod:`nnd.bench.limits`).
+  the matmul peak, the convolution and attention probes timed in the same turns,
+  and the step's fraction of the peak (:mod:`nnd.bench.train`).
 - ``walks``: reverse walk per increment law against the Gaussian walk
   (:mod:`nnd.bench.walks`).
 - ``memory``: compile time and XLA memory of the K = 1000 walk against K = 10 (and
   K = 1000 keeping its path), for the gmm8 score and for the CIFAR network's score.
 - ``full``: the train step of the full-width CIFAR VDM config (width 128, 32 blocks),
   gaussian/gaussian only, no probes; off unless named (meant for accelerators).
+
+The evaluation benchmark (likelihood solvers, samplers at matched quality) runs
+apart: ``python -m nnd.bench.evaluation``.
 
 The JSON (``--out``) and the Markdown (``--markdown``) are rewritten after each
 part, so a run cut short keeps what it finished. ``summary`` gathers the headline
@@ -20,7 +23,7 @@ sampler; walk memory at K = 10 and K = 1000.
 
 Run::
 
-    python -m nnd.bench --out bench.json [--markdown bench.md] [--quick]
+    python -m nnd.bench --out bench.json [--markdown bench.md] [--parts train,walks] [--quick]
 
 ``--quick`` shrinks everything (tests; seconds of work, not meaningful timings).
 """
@@ -34,7 +37,7 @@ import sys
 import tempfile
 import time
 
-from nnd import increments, train as train_lib
+from nnd import increments, processes
 from nnd.bench import OVERHEAD_GOAL, PEAK_FRACTION_GOAL, machine
 from nnd.bench import train as bench_train
 from nnd.bench import walks as bench_walks
@@ -45,19 +48,18 @@ PARTS = ("train", "walks", "memory", "full")
 _SIZES = (
     ("width", int, "VDM net width of the reduced CIFAR config"),
     ("blocks", int, "residual blocks (VDM net: N down, N + 1 up)"),
-    ("batch", int, "train-step batch"),
+    ("batch", int, "batch of the train steps and of the network walk"),
     ("steps", int, "train steps per turn (at least)"),
     ("repeats", int, "round-robin turns"),
-    ("scale_batch", int, "also time the first row at this × batch (1: don't)"),
     ("matmul_sizes", str, "N of the float32 matmul probes, e.g. 1024,2048"),
     ("walk_steps", int, "K of the per-law walk"),
     ("walk_points", int, "points of the per-law walk"),
     ("walk_repeats", int, "repeats of the per-law walk"),
 )
-_DEFAULTS = dict(width=32, blocks=4, batch=32, steps=5, repeats=7, scale_batch=4,
-                 matmul_sizes="", walk_steps=1000, walk_points=10_000, walk_repeats=5)
-_QUICK = dict(width=8, blocks=1, batch=4, steps=1, repeats=1, scale_batch=1,
-              matmul_sizes="128,256", walk_steps=5, walk_points=100, walk_repeats=1)
+_DEFAULTS = dict(width=32, blocks=4, batch=32, steps=5, repeats=7, matmul_sizes="",
+                 walk_steps=1000, walk_points=10_000, walk_repeats=5)
+_QUICK = dict(width=8, blocks=1, batch=4, steps=1, repeats=1, matmul_sizes="128,256",
+              walk_steps=5, walk_points=100, walk_repeats=1)
 
 
 def _log(msg: str) -> None:
@@ -67,11 +69,12 @@ def _log(msg: str) -> None:
 def network_memory(*, width: int, blocks: int, batch: int, num_steps, path_steps,
                    workdir: str) -> dict:
     """:func:`nnd.bench.walks.walk_memory` with the reduced-width CIFAR network as score."""
-    _, run = bench_train.network("gaussian", width=width, blocks=blocks, batch=batch,
-                                 workdir=workdir)
-    process = run["experiment"].process
-    score = train_lib.score_fn_from(run["model"], run["state"].ema_params, process)
-    shape = (batch,) + tuple(run["batches"].shape)
+    run = bench_train.network("gaussian", width=width, blocks=blocks, batch=batch,
+                              workdir=workdir)
+    model, params, process = run.experiment.model, run.state.ema_params, run.experiment.process
+    score = processes.score_fn_from_eps(process,
+                                        lambda x, t: model.apply({"params": params}, x, t))
+    shape = (batch,) + run.example_shape
     return {"score": f"VDM net width {width}, {blocks} blocks (initial parameters)",
             "law": "gaussian", "shape": list(shape),
             "rows": bench_walks.walk_memory(process, increments.get("gaussian"), score, shape,
@@ -92,8 +95,8 @@ def summary(report: dict) -> dict:
             "matmul_peak_flops_per_second": t["matmul_peak"]["flops_per_second"],
             "fraction_of_matmul_peak": ref["fraction_of_matmul_peak"],
             "fraction_goal_met": ref["fraction_of_matmul_peak"] >= PEAK_FRACTION_GOAL,
-            "limits": [x["text"] for x in
-                       t.get("analysis", {}).get("limits", {}).get("limits", [])],
+            "probes_fraction_of_matmul_peak": {p["name"]: p["fraction_of_matmul_peak"]
+                                               for p in t.get("probes", [])},
         }
         worst = max(t["rows"], key=lambda r: r["ratio"])
         out["loss_overhead"] = {"max_ratio": worst["ratio"], "pair": f"{worst['q']}/{worst['p']}",
@@ -103,6 +106,7 @@ def summary(report: dict) -> dict:
         w = report["walks"]
         worst = max(w["rows"], key=lambda r: r["ratio"])
         out["sampler_overhead"] = {
+            "ratios": {r["law"]: r["ratio"] for r in w["rows"]},
             "max_ratio": worst["ratio"], "law": worst["law"],
             "over_goal": [r["law"] for r in w["rows"] if r["ratio"] > OVERHEAD_GOAL],
             "goal_met": all(r["ratio"] <= OVERHEAD_GOAL for r in w["rows"])}
@@ -110,9 +114,9 @@ def summary(report: dict) -> dict:
     if "memory" in report:
         out["walk_memory_bytes"] = {}
         for name, res in report["memory"].items():
-            by = {(r["num_steps"], r["return_path"]): r for r in res["rows"]}
             out["walk_memory_bytes"][name] = {
-                f"K={k}{' path' if p else ''}": r["bytes"]["total"] for (k, p), r in by.items()}
+                f"K={r['num_steps']}{' path' if r['return_path'] else ''}": r["bytes"]["total"]
+                for r in res["rows"]}
             nopath = [r for r in res["rows"] if not r["return_path"]]
             if name == "network" and nopath:
                 out["compile_seconds"]["sampler_walk_network"] = nopath[-1]["compile_seconds"]
@@ -128,16 +132,15 @@ def summary(report: dict) -> dict:
 
 def markdown(report: dict) -> str:
     """All tables of the report, headed by the machine."""
-    m = report["machine"]
     s = report["summary"]
-    lines = [f"# nnd benchmarks on {machine.machine_line(m)}", ""]
+    lines = [f"# nnd benchmarks on {machine.machine_line(report['machine'])}", ""]
     if "train" in report:
         lines += ["## Train step", "", bench_train.markdown(report["train"]), ""]
     if "walks" in report:
-        lines += ["## Sampler: reverse walk per law", "",
-                  bench_walks.markdown_table(report["walks"]), ""]
         over = s["sampler_overhead"]["over_goal"]
-        lines += [f"Over the {OVERHEAD_GOAL}× goal: {', '.join(over) if over else 'none'}.", ""]
+        lines += ["## Sampler: reverse walk per law", "",
+                  bench_walks.markdown_table(report["walks"]), "",
+                  f"Over the {OVERHEAD_GOAL}× goal: {', '.join(over) if over else 'none'}.", ""]
     if "memory" in report:
         lines += ["## Memory of the reverse walk (XLA memory analysis, compiled, not run)", "",
                   bench_walks.memory_table(report["memory"]), ""]
@@ -175,10 +178,6 @@ def main(argv=None) -> dict:
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
                             help=f"{text} (default {_DEFAULTS[name] or 'by backend'}; "
                                  f"--quick: {_QUICK[name]})")
-    parser.add_argument("--sample-batch", type=int, default=None,
-                        help="batch of the network walk (default: --batch)")
-    parser.add_argument("--full-batch", type=int, default=None,
-                        help="batch of the full-width step (default: --batch)")
     args = parser.parse_args(argv)
     for name, _, _ in _SIZES:  # --quick changes the defaults, not what was asked for
         if getattr(args, name) is None:
@@ -191,20 +190,19 @@ def main(argv=None) -> dict:
     if args.quick and args.rows == parser.get_default("rows"):
         rows = ["gaussian", "uniform_laplace"]
     sizes = [int(n) for n in args.matmul_sizes.split(",")] if args.matmul_sizes else None
-    sample_batch = args.sample_batch or args.batch
     memory_steps = (10, 1000)
-    report = {"benchmark": "nnd (issue 5)", "machine": machine.describe(),
+    report = {"benchmark": "nnd", "machine": machine.describe(),
               "settings": {**vars(args), "rows": rows, "parts": parts, "matmul_sizes": sizes}}
     _log(f"machine: {machine.machine_line(report['machine'])}")
     _write(report, args.out, args.markdown)
+    train_sizes = dict(batch=args.batch, steps=args.steps, repeats=args.repeats,
+                       matmul_sizes=sizes, log=_log)
     with tempfile.TemporaryDirectory() as workdir:
         if "train" in parts:
             _log(f"train step: rows {rows}, width {args.width}, {args.blocks} blocks, "
                  f"batch {args.batch}")
-            report["train"] = bench_train.benchmark(
-                rows, width=args.width, blocks=args.blocks, batch=args.batch, steps=args.steps,
-                repeats=args.repeats, matmul_sizes=sizes, scale_batch=args.scale_batch,
-                workdir=workdir, log=_log)
+            report["train"] = bench_train.benchmark(rows, width=args.width, blocks=args.blocks,
+                                                    workdir=workdir, **train_sizes)
             _write(report, args.out, args.markdown)
         if "walks" in parts:
             _log(f"reverse walk per law: K = {args.walk_steps}, {args.walk_points} points")
@@ -218,25 +216,20 @@ def main(argv=None) -> dict:
                 "gmm8": bench_walks.gmm8_memory(num_points=args.walk_points,
                                                 num_steps=memory_steps),
                 "network": network_memory(width=args.width, blocks=args.blocks,
-                                          batch=sample_batch, num_steps=memory_steps,
+                                          batch=args.batch, num_steps=memory_steps,
                                           path_steps=1000,
                                           workdir=os.path.join(workdir, "memory")),
             }
             _write(report, args.out, args.markdown)
         if "full" in parts:
             width, blocks = (16, 2) if args.quick else (128, 32)
-            batch = args.full_batch or args.batch
-            _log(f"full-width train step: width {width}, {blocks} blocks, batch {batch}")
-            report["full"] = bench_train.benchmark(
-                rows[:1], width=width, blocks=blocks, batch=batch, steps=args.steps,
-                repeats=args.repeats, matmul_sizes=sizes, analysis=False, workdir=workdir,
-                log=_log)
+            _log(f"full-width train step: width {width}, {blocks} blocks, batch {args.batch}")
+            report["full"] = bench_train.benchmark(rows[:1], width=width, blocks=blocks,
+                                                   probes=False, workdir=workdir, **train_sizes)
             _write(report, args.out, args.markdown)
-    report["summary"] = summary(report)
     print(markdown(report), flush=True)
     return report
 
 
 if __name__ == "__main__":
     main(sys.argv[1:])
-    sys.exit(0)

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# nnd's benchmarks (issue 5) on a machine with an NVIDIA GPU, in under 5 minutes.
+# nnd's benchmarks on a machine with an NVIDIA GPU, in under 5 minutes.
 #
 # Usage, from anywhere (it works in the repository root):
 #   bash nnd/bench/bench_gpu.sh
 #
 # Runs `python -m nnd.bench` with GPU sizes: train step per (q, p) of the reduced-width
-# CIFAR-10 config at batch 128 with the matmul peak, probes and limits; the reverse walk
-# per law; walk memory at K = 10 and 1000; then the full-width CIFAR VDM step (width 128,
-# 32 blocks, batch 128) if time is left. The JSON and Markdown are rewritten after each
-# part, so a run cut off by the time budget keeps what it finished.
+# CIFAR-10 config at batch 128 with the matmul peak and the convolution and attention
+# probes; the reverse walk per law; walk memory at K = 10 and 1000 (network walk at batch
+# 128); then the full-width CIFAR VDM step (width 128, 32 blocks, batch 128) if time is
+# left. The JSON and Markdown are rewritten after each part, so a run cut off by the time
+# budget keeps what it finished.
 #
 # Writes into $OUT: bench_gpu.json, bench_gpu.md, bench_gpu.log (and nvidia-smi.txt).
 #
@@ -125,7 +126,7 @@ if [[ "$QUICK" == 1 ]]; then
   args+=(--quick)
 else
   # Batch 128 (the CIFAR config's), more steps per turn than on CPU (a step takes ms).
-  args+=(--batch 128 --steps 20 --repeats 5 --scale-batch 4 --walk-repeats 5 --full-batch 128)
+  args+=(--batch 128 --steps 20 --repeats 5 --walk-repeats 5)
 fi
 # shellcheck disable=SC2206  # BENCH_ARGS is word-split on purpose
 args+=($BENCH_ARGS)

@@ -1,7 +1,8 @@
 """Cost of evaluation: PF-ODE likelihood (adaptive vs fixed step) and samplers at matched quality.
 
-1. Likelihood of the digits model (a trained run's EMA parameters if ``--workdir``
-   holds a checkpoint, else the freshly initialised network, said so in the output):
+1. Likelihood of the digits model of a Table 2 row (``--row``; the EMA parameters of
+   ``--workdir``'s newest checkpoint, restored by :func:`nnd.evaluate.restore`;
+   without ``--workdir`` the freshly initialised network, said so in the output):
    bits/dim of ``--examples`` held-out digits by the adaptive Dormand–Prince solve
    (rtol = atol = 1e-5) and by fixed-step Heun, with the same dequantisation and
    the same Hutchinson probes, so the bpd difference is the solvers' alone.
@@ -15,14 +16,15 @@
 
 Run::
 
-    python -m nnd.bench.evaluation [--workdir runs/table2/digits_gaussian] [--out FILE.json]
+    python -m nnd.bench.evaluation [--workdir runs/table2/digits_gaussian] [--row gaussian]
+        [--out FILE.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
+import math
 import sys
 import time
 
@@ -30,7 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnd import data, increments, likelihood, metrics, oracles, processes, samplers, train
+from nnd import config as config_lib
+from nnd import data, defaults, evaluate, increments, keys, likelihood, metrics, oracles
+from nnd import processes, samplers
 from nnd.bench import machine
 
 __all__ = ["likelihood_benchmark", "sampler_benchmark", "markdown_tables", "main"]
@@ -49,29 +53,34 @@ def _timed(compiled, *args):
     return out, time.perf_counter() - start
 
 
-def likelihood_benchmark(*, config_module: str = "configs.digits_gaussian", workdir: str | None = None,
+def _model(config, workdir: str | None):
+    """(experiment, EMA parameters, trained): restored from ``workdir``, else initialised."""
+    if workdir:
+        restored = evaluate.restore(config, workdir)
+        return restored.experiment, restored.params, True
+    experiment = config_lib.resolve(config)
+    shape = data.example_shape(config.data.name)
+    params = experiment.model.init(keys.stream(jax.random.key(config.seed), keys.Stream.INIT),
+                                   jnp.zeros((1,) + shape), jnp.zeros((1,)))["params"]
+    return experiment, params, False
+
+
+def likelihood_benchmark(*, row: str = "gaussian", workdir: str | None = None,
                          num_examples: int = 256, heun_steps: int = 100, rtol: float = 1e-5,
                          log=print) -> dict:
     """Adaptive vs fixed-step PF-ODE bits/dim of held-out digits; a JSON-ready dict."""
-    config = importlib.import_module(config_module).get_config()
-    trained = False
-    if workdir:
-        run = train.build(config, workdir)
-        trained = run["manager"].latest_step() is not None
-    else:
-        import tempfile  # noqa: PLC0415
-
-        run = train.build(config, tempfile.mkdtemp())
-    process, model = run["experiment"].process, run["model"]
-    params = run["state"].ema_params
-    source = data.DigitsSource("test")
-    n = min(num_examples, len(source))
-    levels = np.stack([source[i]["image"] for i in range(n)])
-    z = data.dequantize(levels, np.asarray(jax.random.uniform(jax.random.key(1), levels.shape)), 17)
-    z = jnp.asarray(z)
+    config = defaults.image("digits", row)
+    experiment, params, trained = _model(config, workdir)
+    process, model = experiment.process, experiment.model
+    _, levels = evaluate.held_out(config, num_examples)
+    n, dim = len(levels), math.prod(levels.shape[1:])
+    num_levels = data.IMAGES["digits"].num_levels
+    u = np.asarray(jax.random.uniform(jax.random.key(1), levels.shape))
+    z = jnp.asarray(data.dequantize(levels, u, num_levels))
 
     def solve(params, z, key, solver):
-        score = train.score_fn_from(model, params, process)
+        score = processes.score_fn_from_eps(
+            process, lambda x, t: model.apply({"params": params}, x, t))
         lp, stats = likelihood.log_prob_with_stats(process, score, z, key, "rademacher", rtol, rtol,
                                                    solver=solver, num_steps=heun_steps)
         return lp, stats.nfe
@@ -82,14 +91,15 @@ def likelihood_benchmark(*, config_module: str = "configs.digits_gaussian", work
         compiled = jax.jit(solve, static_argnums=3).lower(params, z, jax.random.key(2), solver).compile()
         compile_s = time.perf_counter() - start
         (lp, nfe), seconds = _timed(compiled, params, z, jax.random.key(2))
-        bpd = likelihood.bits_per_dim(np.asarray(lp), 64, 17)
+        bpd = likelihood.bits_per_dim(np.asarray(lp), dim, num_levels)
         rows[solver] = {"bpd": float(bpd.mean()), "bpd_se": float(bpd.std(ddof=1) / np.sqrt(n)),
                         "nfe": int(nfe), "seconds": seconds, "seconds_per_1000": 1000 * seconds / n,
                         "compile_seconds": compile_s}
         log(f"likelihood {solver}: {rows[solver]}")
-    return {"config": config_module, "trained": trained, "workdir": workdir, "num_examples": n,
-            "divergence": "rademacher", "rtol": rtol, "atol": rtol, "heun_steps": heun_steps,
-            "rows": rows, "bpd_difference": rows["heun"]["bpd"] - rows["ode"]["bpd"]}
+    return {"config": f"defaults.image('digits', {row!r})", "trained": trained, "workdir": workdir,
+            "num_examples": n, "divergence": "rademacher", "rtol": rtol, "atol": rtol,
+            "heun_steps": heun_steps, "rows": rows,
+            "bpd_difference": rows["heun"]["bpd"] - rows["ode"]["bpd"]}
 
 
 def sampler_benchmark(*, num_points: int = 2000, target: float = 0.002, sweep=None,
@@ -129,8 +139,8 @@ def markdown_tables(result: dict) -> str:
     lik, smp = result["likelihood"], result["samplers"]
     lines = [
         f"PF-ODE likelihood, {lik['num_examples']} held-out digits, {lik['divergence']} divergence, "
-        f"{'trained' if lik['trained'] else 'untrained'} model ({result['machine']['backend']}, "
-        f"{result['machine']['nproc']} cores)",
+        f"{'trained' if lik['trained'] else 'untrained'} model, on "
+        f"{machine.machine_line(result['machine'])}",
         "",
         "| solver | bpd | NFE | s per 1000 examples | compile s |",
         "|---|---|---|---|---|",
@@ -156,7 +166,8 @@ def markdown_tables(result: dict) -> str:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default=None, help="trained digits run (EMA parameters)")
-    parser.add_argument("--config", default="configs.digits_gaussian", help="config module")
+    parser.add_argument("--row", default="gaussian", choices=sorted(defaults.ROWS),
+                        help="Table 2 row of the digits config")
     parser.add_argument("--examples", type=int, default=256)
     parser.add_argument("--heun-steps", type=int, default=100)
     parser.add_argument("--rtol", type=float, default=1e-5, help="adaptive solver rtol = atol")
@@ -167,7 +178,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     sweep = {"walk": [5], "pc": [5], "heun": [3], "ode": [1e-1]} if args.quick else None
     result = {
-        "likelihood": likelihood_benchmark(config_module=args.config, workdir=args.workdir,
+        "likelihood": likelihood_benchmark(row=args.row, workdir=args.workdir,
                                            num_examples=args.examples, heun_steps=args.heun_steps,
                                            rtol=args.rtol),
         "samplers": sampler_benchmark(num_points=args.points, target=args.target, sweep=sweep),

@@ -1,13 +1,14 @@
-"""The machine a benchmark ran on, and its ceilings measured in the same process.
+"""The machine a benchmark ran on, its float32 matmul peak, and round-robin timing.
 
 - :func:`describe`: platform, CPU model, device kind and count, JAX version and
-  backend, the default matmul precision (what every benchmark's JSON records).
-- :func:`matmul_probes` / :func:`bandwidth_probe`: timed float32 ``[N, N] @ [N, N]``
-  (2N³ FLOP) and a streaming ``x + 1`` (reads and writes the array once), jitted on
-  the default backend. They are timed like everything else, round-robin with the
-  code they are the ceiling of (:func:`time_round_robin`), so contention on a shared
-  machine lowers ceiling and measurement alike. The peak is the fastest probe's
-  median over those turns (like the step it is compared with), not a best-of.
+  backend, the default matmul precision (every benchmark's JSON records it, and so
+  do the experiments').
+- :func:`matmul_probes`: jitted float32 ``[N, N] @ [N, N]`` (2N³ FLOP each). They are
+  timed like everything else, round-robin with the code they are the ceiling of
+  (:func:`time_round_robin`), so contention on a shared machine lowers ceiling and
+  measurement alike. The peak (:func:`peak`) is the fastest probe's median over
+  those turns, like the step it is compared with, not a best-of.
+- :func:`compiled_timed`: any function jitted and compiled, with XLA's cost analysis.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-__all__ = ["describe", "machine_line", "Timed", "calibrate", "time_round_robin", "peak",
-           "matmul_probes", "bandwidth_probe", "default_matmul_sizes"]
+__all__ = ["describe", "machine_line", "Timed", "looped", "cost", "compiled_timed", "calibrate",
+           "time_round_robin", "matmul_probes", "peak"]
 
 
 def _cpu_model() -> str:
@@ -72,7 +73,7 @@ class Timed:
     """Something timed per call: ``run(n)`` makes n calls and blocks until they are done.
 
     ``flops`` and ``bytes`` per call (0 if not meaningful); ``calls`` per turn is set
-    by :func:`time_round_robin`; ``seconds`` collects seconds per call, one per turn.
+    by :func:`calibrate`; ``seconds`` collects seconds per call, one per turn.
     """
 
     name: str
@@ -86,11 +87,41 @@ class Timed:
     def median(self) -> float:
         return statistics.median(self.seconds)
 
-    def summary(self) -> dict:
+    def summary(self, peak_flops_per_second: float | None = None) -> dict:
         sec = self.median
-        return {"name": self.name, "seconds": sec, "calls_per_turn": self.calls,
-                "repeats": list(self.seconds), "flops": self.flops, "bytes": self.bytes,
-                "flops_per_second": self.flops / sec, "bytes_per_second": self.bytes / sec}
+        out = {"name": self.name, "seconds": sec, "calls_per_turn": self.calls,
+               "repeats": list(self.seconds), "flops": self.flops, "bytes": self.bytes,
+               "flops_per_second": self.flops / sec}
+        if peak_flops_per_second:
+            out["fraction_of_matmul_peak"] = self.flops / sec / peak_flops_per_second
+        return out
+
+
+def looped(fn, *args) -> Callable[[int], None]:
+    """``run(n)``: n calls of ``fn(*args)``, then block on the last result."""
+
+    def run(n: int) -> None:
+        out = None
+        for _ in range(n):
+            out = fn(*args)
+        jax.block_until_ready(out)
+
+    return run
+
+
+def cost(compiled) -> dict:
+    """FLOP and bytes accessed per call from XLA's cost analysis of a compiled function."""
+    c = compiled.cost_analysis()
+    c = (c[0] if isinstance(c, (list, tuple)) else c) or {}
+    return {"flops": float(c.get("flops", math.nan)),
+            "bytes": float(c.get("bytes accessed", math.nan))}
+
+
+def compiled_timed(name: str, fn, *args) -> Timed:
+    """``fn`` jitted and compiled for ``args``, as a :class:`Timed` with XLA's FLOP and bytes."""
+    compiled = jax.jit(fn).lower(*args).compile()
+    c = cost(compiled)
+    return Timed(name, looped(compiled, *args), c["flops"], c["bytes"])
 
 
 def calibrate(entries: list[Timed], *, min_calls: int = 1, min_turn_seconds: float = 0.0) -> None:
@@ -112,43 +143,21 @@ def time_round_robin(entries: list[Timed], *, repeats: int) -> None:
             e.seconds.append((time.perf_counter() - start) / e.calls)
 
 
-def _looped(fn, *args) -> Callable[[int], None]:
-    def run(n: int) -> None:
-        out = None
-        for _ in range(n):
-            out = fn(*args)
-        jax.block_until_ready(out)
+def matmul_probes(sizes=None) -> list[Timed]:
+    """Jitted float32 [N, N] @ [N, N] for each N (2N³ FLOP each), compiled.
 
-    return run
-
-
-def default_matmul_sizes() -> tuple[int, ...]:
-    """N of the matmul probes: 1024 and 2048 on CPU, larger on accelerators."""
-    return (1024, 2048) if jax.default_backend() == "cpu" else (2048, 4096, 8192)
-
-
-def matmul_probes(sizes=None, dtype=jnp.float32) -> list[Timed]:
-    """Jitted [N, N] @ [N, N] in ``dtype`` for each N (2N³ FLOP each), compiled."""
-    sizes = default_matmul_sizes() if sizes is None else sizes
+    Default N: 1024 and 2048 on CPU, 2048 to 8192 on accelerators.
+    """
+    if sizes is None:
+        sizes = (1024, 2048) if jax.default_backend() == "cpu" else (2048, 4096, 8192)
     out = []
     for n in sizes:
         ka, kb = jax.random.split(jax.random.key(n))
-        a = jax.random.normal(ka, (n, n), dtype)
-        b = jax.random.normal(kb, (n, n), dtype)
-        compiled = jax.jit(jnp.matmul).lower(a, b).compile()
-        out.append(Timed(f"matmul {n}", _looped(compiled, a, b), flops=2.0 * n ** 3,
-                         bytes=3.0 * n * n * jnp.dtype(dtype).itemsize))
+        a, b = jax.random.normal(ka, (n, n)), jax.random.normal(kb, (n, n))
+        timed = compiled_timed(f"matmul {n}", jnp.matmul, a, b)
+        timed.flops, timed.bytes = 2.0 * n ** 3, 3.0 * n * n * 4
+        out.append(timed)
     return out
-
-
-def bandwidth_probe(num_elements: int | None = None) -> Timed:
-    """Jitted float32 ``x + 1`` over a large array: reads and writes it once."""
-    if num_elements is None:
-        num_elements = 2 ** 25 if jax.default_backend() == "cpu" else 2 ** 28
-    x = jnp.zeros((num_elements,), jnp.float32)
-    compiled = jax.jit(lambda v: v + 1.0).lower(x).compile()
-    return Timed(f"stream x + 1 ({4 * num_elements / 2 ** 20:.0f} MiB)",
-                 _looped(compiled, x), flops=float(num_elements), bytes=8.0 * num_elements)
 
 
 def peak(summaries: list[dict]) -> dict:

@@ -1,99 +1,83 @@
-"""Train-step throughput per (q, p) pair, against the machine's matmul peak.
+"""Train-step throughput per (q, p) row of Table 2, against the machine's float32 matmul peak.
 
-For each of the paper's Table 2 pairs (gaussian/gaussian, laplace/laplace,
-uniform/gaussian, uniform/laplace) the jitted, sharded train step that
-:func:`nnd.train.build` makes is compiled once (compile time reported); its FLOP
-per step come from the compiled step's XLA cost analysis. Then, in one process,
-the rows, the loss alone of each row, float32 matmuls (the machine's matmul peak,
-:mod:`nnd.bench.machine`) and the probes of :mod:`nnd.bench.limits` are timed
-round-robin (``repeats`` turns, median per entry), so drift of a shared machine
-hits every entry alike.
+For each row (gaussian/gaussian, laplace/laplace, uniform/gaussian, uniform/laplace)
+the jitted, sharded train step of :func:`nnd.train.build` on a reduced-width CIFAR-10
+config (:func:`config`) is compiled once (compile time reported); its FLOP per step
+are XLA's cost analysis of the compiled step. Then, in one process, the rows, the
+loss alone of each row, float32 matmuls (the peak, :mod:`nnd.bench.machine`) and two
+probes are timed round-robin (``repeats`` turns, median per entry), so drift of a
+shared machine hits every entry alike.
 
-Reported per row: examples/s, achieved FLOP/s (cost-analysis FLOP per step over
-the median step time) and its fraction of the matmul peak; the ratio to
-gaussian/gaussian of the step and of the loss alone (the eq. (5) objective with a
-trivial ε-network, ``eps = w x``, forward and backward). Goals of issue 5: the
-ratio ≤ :data:`nnd.bench.OVERHEAD_GOAL` for every pair; on CPU, the reduced-width
-CIFAR step at ≥ :data:`nnd.bench.PEAK_FRACTION_GOAL` of the matmul peak, else a
-list of what limits it (:func:`nnd.bench.limits.limits`).
+Reported per row: examples/s, achieved FLOP/s (FLOP per step over the median step
+time) and its fraction of the matmul peak; the ratio to gaussian/gaussian of the step
+and of the loss alone (the eq. (5) objective with ``eps = w x``, no network, forward
+and backward). Goals: ratio ≤ :data:`nnd.bench.OVERHEAD_GOAL` for every row; on CPU
+the fraction ≥ :data:`nnd.bench.PEAK_FRACTION_GOAL`. The probes are the step's two
+main ops alone, forward+backward: the 3×3 convolution at the network's shape and the
+attention block; their fractions of the peak say which op holds the step back
+(docs/bench_studies.md has the full breakdown of an earlier study).
+
+No data is read: :func:`nnd.train.build` gets :class:`StandInBatches`, the same
+random batch every step (the step's cost does not depend on pixel values).
 
 Run::
 
-    python -m nnd.bench.train [--out FILE.json] [--width 32] [--blocks 4] [--batch 32]
-
-No data is read: :func:`nnd.train.build` gets a stand-in for the batch source
-(shape and batch size only) and the timed batch is a fixed random array; the
-step's cost does not depend on pixel values.
+    python -m nnd.bench.train [--rows gaussian,laplace] [--width 32] [--blocks 4]
+        [--batch 32] [--no-analysis] [--out FILE.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import sys
 import tempfile
 import time
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import images
-from nnd import data, losses, train
-from nnd.bench import OVERHEAD_GOAL, PEAK_FRACTION_GOAL
-from nnd.bench import limits as limits_lib
-from nnd.bench import machine
+from nnd import data, defaults, losses, models, train
+from nnd.bench import OVERHEAD_GOAL, PEAK_FRACTION_GOAL, machine
 
-__all__ = ["PAIRS", "network", "prepare", "benchmark", "markdown", "main"]
+__all__ = ["PAIRS", "config", "StandInBatches", "network", "benchmark", "markdown",
+           "parse_rows", "main"]
 
-PAIRS = ("gaussian", "laplace", "uniform", "uniform_laplace")
-
-
-def _config(row: str, width: int, blocks: int, batch: int):
-    config = images.cifar(row)
-    config.model.channels = width
-    config.model.num_blocks = blocks
-    config.model.embed_dim = width
-    config.data.batch_size = batch
-    return config
+#: The Table 2 rows benchmarked, the first is the reference.
+PAIRS = tuple(defaults.ROWS)
 
 
-class _StandInBatches:
-    """What :func:`nnd.train.build` takes from ``data.make_batches``, with no data source."""
-
-    def __init__(self, config, split: str = "train"):
-        del split
-        spec = data.IMAGES[config.data.name]
-        self.shape, self.num_levels = spec.shape, spec.num_levels
-        self.global_batch = config.data.batch_size
-        self.local_batch = config.data.batch_size // jax.process_count()
-
-    def __call__(self, step: int):
-        raise RuntimeError("the benchmark times a fixed batch; it reads no data")
+def config(row: str, *, width: int, blocks: int, batch: int):
+    """The CIFAR-10 config of Table 2 row ``row`` with a VDM network of reduced width."""
+    cfg = defaults.image("cifar10", row, net="vdm")
+    cfg.model = defaults.model("vdm", channels=width, num_blocks=blocks, embed_dim=width)
+    cfg.data.batch_size = batch
+    return cfg
 
 
-def network(row: str, *, width: int, blocks: int, batch: int, workdir: str):
-    """(config, run) of :func:`nnd.train.build` for a reduced-width CIFAR-10 Table 2 row."""
-    config = _config(row, width, blocks, batch)
-    with mock.patch.object(data, "make_batches", _StandInBatches):
-        run = train.build(config, os.path.join(workdir, f"{row}_w{width}_b{blocks}_n{batch}"))
-    return config, run
+@dataclasses.dataclass(frozen=True)
+class StandInBatches:
+    """A batch source for :func:`nnd.train.build` that reads no data: one random batch."""
+
+    shape: tuple[int, ...]
+    local_batch: int
+
+    def __call__(self, step: int) -> np.ndarray:
+        del step
+        rng = np.random.default_rng(0)
+        return rng.uniform(-1, 1, (self.local_batch,) + self.shape).astype(np.float32)
 
 
-def _fixed_batch(run, batch: int):
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, (batch,) + tuple(run["batches"].shape)).astype(np.float32)
-    return jax.make_array_from_process_local_data(run["batch_sharding"], x)
-
-
-def _cost(compiled) -> dict:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    cost = cost or {}
-    return {"flops": float(cost.get("flops", float("nan"))),
-            "bytes": float(cost.get("bytes accessed", float("nan")))}
+def network(row: str, *, width: int, blocks: int, batch: int, workdir: str) -> train.Run:
+    """:func:`nnd.train.build` of :func:`config` with :class:`StandInBatches`."""
+    batches = StandInBatches(data.example_shape("cifar10"), batch // jax.process_count())
+    return train.build(config(row, width=width, blocks=blocks, batch=batch),
+                       os.path.join(workdir, f"{row}_w{width}_b{blocks}_n{batch}"),
+                       batches=batches, mesh=train.make_mesh())
 
 
 def _step_runner(compiled, state, batch_x, key, num_keys: int = 64):
@@ -112,95 +96,74 @@ def _step_runner(compiled, state, batch_x, key, num_keys: int = 64):
             cell["i"] += 1
         jax.block_until_ready((cell["state"], metrics))
 
-    return run, cell
+    return run
 
 
-def _loss_alone(experiment, batch_x, key):
-    """The eq. (5) objective with ``eps = w x`` (no network), value and gradient; compiled."""
+def _prepare(row: str, *, width: int, blocks: int, batch: int, workdir: str) -> dict:
+    """Compiles one row's train step and its loss alone: {'row', 'q', 'p', 'compile_seconds',
+    'step': Timed, 'loss': Timed, 'shape'}."""
+    run = network(row, width=width, blocks=blocks, batch=batch, workdir=workdir)
+    batch_x = jax.make_array_from_process_local_data(run.batch_sharding, run.batches(0))
+    key = jax.random.key(0)
+    start = time.perf_counter()
+    compiled = run.step_fn.lower(run.state, batch_x, key).compile()
+    compile_s = time.perf_counter() - start
+    cost = machine.cost(compiled)
+    e = run.experiment
 
-    def loss(w):
-        loss_B, _ = losses.objective(lambda x, t: w * x, batch_x, key, process=experiment.process,
-                                     q=experiment.q, p=experiment.p,
-                                     num_steps=experiment.num_steps)
+    def loss_alone(w, x):
+        loss_B, _ = losses.objective(lambda x_t, t: w * x_t, x, key, process=e.process, q=e.q,
+                                     p=e.p, num_steps=e.num_steps)
         return jnp.mean(loss_B)
 
-    return jax.jit(jax.value_and_grad(loss)).lower(jnp.float32(0.5)).compile()
+    return {"row": row, "q": str(e.q), "p": str(e.p), "compile_seconds": compile_s,
+            "shape": list(run.example_shape),
+            "step": machine.Timed(f"step {row}", _step_runner(compiled, run.state, batch_x, key),
+                                  cost["flops"], cost["bytes"]),
+            "loss": machine.compiled_timed(f"loss alone {row}", jax.value_and_grad(loss_alone),
+                                           jnp.float32(0.5), batch_x)}
 
 
-def prepare(row: str, *, width: int, blocks: int, batch: int, workdir: str,
-            count_ops: bool = False, loss_alone: bool = True) -> dict:
-    """Builds and compiles the train step of one Table 2 row; returns what timing needs.
+def _probes(batch: int, shape, width: int) -> list[machine.Timed]:
+    """The 3×3 convolution at the network's shape and the attention block, forward+backward."""
+    h = jax.random.normal(jax.random.key(3), (batch, *shape[:2], width))
+    w = jax.random.normal(jax.random.key(4), (3, 3, width, width)) / (3 * math.sqrt(width))
+    attn = models.AttnBlock()
+    attn_params = attn.init(jax.random.key(5), h)
 
-    Keys starting with ``_`` hold live objects (compiled step, run, timed entries).
-    """
-    config, run = network(row, width=width, blocks=blocks, batch=batch, workdir=workdir)
-    batch_x = _fixed_batch(run, batch)
-    key = jax.random.key(0)
-    op_flops = (limits_lib.flops_by_kind(run["step_fn"], run["state"], batch_x, key)
-                if count_ops else None)
-    start = time.perf_counter()
-    compiled = run["step_fn"].lower(run["state"], batch_x, key).compile()
-    compile_s = time.perf_counter() - start
-    cost = _cost(compiled)
-    step_run, cell = _step_runner(compiled, run["state"], batch_x, key)
-    entry = {"row": row, "q": str(run["experiment"].q), "p": str(run["experiment"].p),
-            "compile_seconds": compile_s, "flops_per_step": cost["flops"],
-            "bytes_per_step": cost["bytes"], "op_flops": op_flops,
-            "_config": config, "_run": run, "_cell": cell, "_batch": batch_x, "_key": key,
-            "_step": machine.Timed(f"step {row}", step_run, cost["flops"], cost["bytes"])}
-    if loss_alone:
-        loss = _loss_alone(run["experiment"], batch_x, key)
-        loss_cost = _cost(loss)
-        w = jnp.float32(0.5)
+    def conv(h, w):
+        y = jax.lax.conv_general_dilated(h, w, (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.sum(y * h)
 
-        def loss_run(n: int) -> None:
-            out = None
-            for _ in range(n):
-                out = loss(w)
-            jax.block_until_ready(out)
+    def attention(p, h):
+        return jnp.sum(attn.apply(p, h) * h)
 
-        entry["_loss"] = machine.Timed(f"loss alone {row}", loss_run, loss_cost["flops"],
-                                       loss_cost["bytes"])
-    return entry
+    grad = lambda fn: jax.value_and_grad(fn, argnums=(0, 1))  # noqa: E731
+    where = f"[{batch},{shape[0]},{shape[1]},{width}]"
+    return [machine.compiled_timed(f"conv 3×3 {where}→{width} forward+backward", grad(conv), h, w),
+            machine.compiled_timed(f"attention block {where} forward+backward", grad(attention),
+                                   attn_params, h)]
 
 
 def benchmark(rows=PAIRS, *, width: int = 32, blocks: int = 4, batch: int = 32, steps: int = 5,
-              repeats: int = 7, matmul_sizes=None, analysis: bool = True, scale_batch: int = 4,
+              repeats: int = 7, matmul_sizes=None, probes: bool = True,
               min_turn_seconds: float = 0.3, workdir: str | None = None, log=print) -> dict:
-    """Compiles every row (and the probes), times all round-robin; a JSON-ready dict.
-
-    ``analysis`` adds the probes of :mod:`nnd.bench.limits` for the first row
-    (forward, forward+backward, convolution alone, the step at ``scale_batch`` × batch)
-    and the list of limits when the step is below the peak-fraction goal.
-    """
-    rows = list(rows)
+    """Compiles every row (and the probes), times all round-robin; a JSON-ready dict."""
     if workdir is None:
         with tempfile.TemporaryDirectory() as tmp:
             return benchmark(rows, width=width, blocks=blocks, batch=batch, steps=steps,
-                             repeats=repeats, matmul_sizes=matmul_sizes, analysis=analysis,
-                             scale_batch=scale_batch, min_turn_seconds=min_turn_seconds,
-                             workdir=tmp, log=log)
+                             repeats=repeats, matmul_sizes=matmul_sizes, probes=probes,
+                             min_turn_seconds=min_turn_seconds, workdir=tmp, log=log)
     entries = []
-    for i, row in enumerate(rows):
-        entries.append(prepare(row, width=width, blocks=blocks, batch=batch, workdir=workdir,
-                               count_ops=analysis and i == 0))
+    for row in rows:
+        entries.append(_prepare(row, width=width, blocks=blocks, batch=batch, workdir=workdir))
         log(f"compiled {row}: {entries[-1]['compile_seconds']:.1f}s, "
-            f"{entries[-1]['flops_per_step'] / 1e9:.2f} GFLOP/step")
+            f"{entries[-1]['step'].flops / 1e9:.2f} GFLOP/step")
     matmuls = machine.matmul_probes(matmul_sizes)
-    stream = machine.bandwidth_probe()
-    probes = []
-    if analysis:
-        first = entries[0]
-        probes = limits_lib.probes(first["_run"], first["_cell"]["state"], first["_batch"],
-                                   first["_key"], width=width, batch=batch)
-        if scale_batch > 1:
-            scaled = prepare(rows[0], width=width, blocks=blocks, batch=batch * scale_batch,
-                             workdir=workdir, loss_alone=False)
-            probes.append((scaled["_step"], {"probe": "step_scaled_batch",
-                                             "batch": batch * scale_batch}))
-        log(f"compiled {len(probes)} probes")
-    steps_timed = [e["_step"] for e in entries]
-    others = [e["_loss"] for e in entries] + matmuls + [stream] + [p for p, _ in probes]
+    probe_timed = _probes(batch, entries[0]["shape"], width) if probes else []
+    steps_timed = [e["step"] for e in entries]
+    others = [e["loss"] for e in entries] + matmuls + probe_timed
     # Train steps take `steps` calls per turn; short entries run long enough per turn
     # for the timer to resolve them.
     machine.calibrate(steps_timed, min_calls=steps)
@@ -208,19 +171,17 @@ def benchmark(rows=PAIRS, *, width: int = 32, blocks: int = 4, batch: int = 32, 
     machine.time_round_robin(steps_timed + others, repeats=repeats)
     matmul_summaries = [m.summary() for m in matmuls]
     peak = machine.peak(matmul_summaries)
-    stream_summary = stream.summary()
     results = []
     for e in entries:
-        step, loss = e["_step"].summary(), e["_loss"].summary()
-        sec = step["seconds"]
+        step = e["step"].summary(peak["flops_per_second"])
         results.append({
             "row": e["row"], "q": e["q"], "p": e["p"], "compile_seconds": e["compile_seconds"],
-            "flops_per_step": e["flops_per_step"], "bytes_per_step": e["bytes_per_step"],
-            "seconds_per_step": sec, "examples_per_second": batch / sec,
-            "achieved_flops_per_second": e["flops_per_step"] / sec,
-            "fraction_of_matmul_peak": e["flops_per_step"] / sec / peak["flops_per_second"],
+            "flops_per_step": step["flops"], "bytes_per_step": step["bytes"],
+            "seconds_per_step": step["seconds"], "examples_per_second": batch / step["seconds"],
+            "achieved_flops_per_second": step["flops_per_second"],
+            "fraction_of_matmul_peak": step["fraction_of_matmul_peak"],
             "repeats": step["repeats"], "steps_per_turn": step["calls_per_turn"],
-            "loss_alone_seconds": loss["seconds"],
+            "loss_alone_seconds": e["loss"].median,
         })
     for r in results:
         r["ratio"] = r["seconds_per_step"] / results[0]["seconds_per_step"]
@@ -229,44 +190,26 @@ def benchmark(rows=PAIRS, *, width: int = 32, blocks: int = 4, batch: int = 32, 
         "benchmark": "train step per (q, p)",
         "config": {"dataset": "cifar10 (stand-in batch, no data read)", "model": "vdm",
                    "width": width, "blocks": blocks, "batch": batch,
-                   "image_shape": list(entries[0]["_run"]["batches"].shape)},
+                   "image_shape": entries[0]["shape"]},
         "steps": steps, "repeats": repeats,
         "goal_ratio": OVERHEAD_GOAL, "goal_fraction_of_peak": PEAK_FRACTION_GOAL,
         "matmul_peak": {**peak, "dtype": "float32", "probes": matmul_summaries},
-        "stream_bandwidth": stream_summary,
         "rows": results,
     }
-    if analysis:
-        probe_rows = []
-        for timed, meta in probes:
-            s = timed.summary()
-            probe_rows.append({**meta, **s, "fraction_of_matmul_peak":
-                               s["flops_per_second"] / peak["flops_per_second"]})
-        report["analysis"] = {
-            "op_flops": entries[0]["op_flops"],
-            "probes": probe_rows,
-            "limits": limits_lib.limits(results[0], entries[0]["op_flops"], probe_rows, peak,
-                                        stream_summary, width=width, batch=batch,
-                                        goal=PEAK_FRACTION_GOAL),
-        }
-    for e in entries:  # free the donated states and compiled executables now
-        e.clear()
+    if probes:
+        report["probes"] = [p.summary(peak["flops_per_second"]) for p in probe_timed]
     return report
 
 
-def markdown(report: dict, machine_info: dict | None = None) -> str:
+def markdown(report: dict) -> str:
     """Markdown tables of a :func:`benchmark` report."""
     c = report["config"]
     peak = report["matmul_peak"]
-    head = (f"Train step, CIFAR-10 shape, VDM net width {c['width']}, {c['blocks']}+"
-            f"{c['blocks'] + 1} blocks, batch {c['batch']}; median of {report['repeats']} "
-            f"round-robin turns")
-    if machine_info:
-        head += f" on {machine.machine_line(machine_info)}"
-    lines = [head, "",
+    lines = [f"Train step, CIFAR-10 shape, VDM net width {c['width']}, {c['blocks']}+"
+             f"{c['blocks'] + 1} blocks, batch {c['batch']}; median of {report['repeats']} "
+             "round-robin turns", "",
              f"Matmul peak (float32 {peak['name']}, same turns): "
-             f"{peak['flops_per_second'] / 1e9:.1f} GFLOP/s; stream bandwidth "
-             f"{report['stream_bandwidth']['bytes_per_second'] / 1e9:.1f} GB/s. Goals: ratio ≤ "
+             f"{peak['flops_per_second'] / 1e9:.1f} GFLOP/s. Goals: ratio ≤ "
              f"{report['goal_ratio']}, fraction of matmul peak ≥ "
              f"{report['goal_fraction_of_peak']:.0%} (CPU).", "",
              "| q / p | ms/step | examples/s | GFLOP/step | achieved GFLOP/s | of matmul peak | "
@@ -279,35 +222,44 @@ def markdown(report: dict, machine_info: dict | None = None) -> str:
             f"{r['examples_per_second']:.1f} | {r['flops_per_step'] / 1e9:.2f} | "
             f"{r['achieved_flops_per_second'] / 1e9:.1f} | {r['fraction_of_matmul_peak']:.1%} | "
             f"{r['ratio']:.3f}{flag} | {r['loss_alone_ratio']:.2f} | {r['compile_seconds']:.1f} |")
-    if "analysis" in report:
-        lines.append("")
-        lines.append(limits_lib.markdown(report["analysis"]))
+    if "probes" in report:
+        lines += ["", "| probe | ms | GFLOP | GFLOP/s | of matmul peak |", "|---|---|---|---|---|"]
+        lines += [f"| {p['name']} | {p['seconds'] * 1e3:.2f} | {p['flops'] / 1e9:.3f} | "
+                  f"{p['flops_per_second'] / 1e9:.1f} | {p['fraction_of_matmul_peak']:.1%} |"
+                  for p in report["probes"]]
     return "\n".join(lines)
+
+
+def parse_rows(text: str) -> list[str]:
+    """Comma-separated Table 2 rows, checked against :data:`nnd.defaults.ROWS`."""
+    rows = [r.strip() for r in text.split(",") if r.strip()]
+    bad = [r for r in rows if r not in defaults.ROWS]
+    if bad or not rows:
+        raise ValueError(f"unknown rows {bad}; choose from {sorted(defaults.ROWS)}")
+    return rows
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m nnd.bench.train",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--out", default=None, help="JSON report")
+    parser.add_argument("--rows", default=",".join(PAIRS), help="Table 2 rows, the first is "
+                        "the reference")
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--blocks", type=int, default=4)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--rows", default=",".join(PAIRS))
-    parser.add_argument("--matmul-sizes", default=None, help="e.g. 1024,2048")
-    parser.add_argument("--scale-batch", type=int, default=4,
-                        help="also time the first row at this × batch (1: don't)")
-    parser.add_argument("--no-analysis", action="store_true", help="rows and peak only")
+    parser.add_argument("--steps", type=int, default=5, help="train steps per turn (at least)")
+    parser.add_argument("--repeats", type=int, default=7, help="round-robin turns")
+    parser.add_argument("--matmul-sizes", default=None, help="N of the matmul probes, e.g. 1024,2048")
+    parser.add_argument("--no-analysis", action="store_true",
+                        help="skip the convolution and attention probes: rows and peak only")
     args = parser.parse_args(argv)
-    rows = parse_rows(args.rows)
     sizes = [int(n) for n in args.matmul_sizes.split(",")] if args.matmul_sizes else None
-    report = benchmark(rows, width=args.width, blocks=args.blocks, batch=args.batch,
-                       steps=args.steps, repeats=args.repeats, matmul_sizes=sizes,
-                       analysis=not args.no_analysis, scale_batch=args.scale_batch)
+    report = benchmark(parse_rows(args.rows), width=args.width, blocks=args.blocks,
+                       batch=args.batch, steps=args.steps, repeats=args.repeats,
+                       matmul_sizes=sizes, probes=not args.no_analysis)
     report["machine"] = machine.describe()
-    print()
-    print(markdown(report, report["machine"]), flush=True)
+    print(f"\n{machine.machine_line(report['machine'])}\n\n{markdown(report)}", flush=True)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
@@ -315,14 +267,5 @@ def main(argv=None) -> dict:
     return report
 
 
-def parse_rows(text: str) -> list[str]:
-    """Comma-separated Table 2 rows, checked against :data:`configs.images.ROWS`."""
-    rows = [r.strip() for r in text.split(",") if r.strip()]
-    bad = [r for r in rows if r not in images.ROWS]
-    if bad or not rows:
-        raise ValueError(f"unknown rows {bad}; choose from {sorted(images.ROWS)}")
-    return rows
-
-
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    main(sys.argv[1:])

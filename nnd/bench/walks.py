@@ -1,76 +1,36 @@
-"""Cost of the reverse walk per increment law (the sampler of Theorem 3.3).
+"""Cost of the reverse walk per increment law (the sampler of Theorem 3.3), and its memory.
 
-Theorem 3.3 lets the reverse walk use any standardised increment law; this checks
-that choosing one costs (almost) nothing: the goal is a time within
-:data:`nnd.bench.OVERHEAD_GOAL` (1.05×) of the Gaussian walk for every law. Setting:
-reverse walk of SPEC §3 with K = 1000, 10⁴ points in 2-D, the exact ``gmm8`` score,
-the ``vp`` process, denoising on.
-
-Every law's walk is compiled ahead of time (compile time reported apart), then
-all are run round-robin, ``repeats`` turns of one call each with
-``block_until_ready`` after a warm-up call, so drift of a shared machine hits every
-law alike; the median is reported. To tell the sampler's cost from the score's,
+Theorem 3.3 lets the reverse walk use any standardised increment law; :func:`benchmark`
+checks that choosing one costs (almost) nothing: the goal is a time within
+:data:`nnd.bench.OVERHEAD_GOAL` of the Gaussian walk for every law. Setting: reverse
+walk of SPEC §3 with K = 1000, 10⁴ points in 2-D, the exact ``gmm8`` score, the ``vp``
+process, denoising on. Every law's walk is compiled ahead of time (compile time
+reported apart), then all are run round-robin (median of ``repeats`` turns), so drift
+of a shared machine hits every law alike. To tell the sampler's cost from the score's,
 the same K draws of the noise alone (a scan of ``law.sample`` of shape [B, D]) are
 timed too, in the same turns.
 
 :func:`walk_memory` compiles the walk (any score, e.g. a network's) for K = 10 and
-K = 1000 and reads XLA's memory analysis of each: ``lax.scan`` keeps no path, so
-the two should need about the same memory; ``return_path=True`` is the contrast.
-
-Run::
-
-    python -m nnd.bench.walks [--out FILE.json]
+K = 1000 and reads XLA's memory analysis of each: ``lax.scan`` keeps no path, so the
+two should need about the same memory; ``return_path=True`` is the contrast.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
-import os
-import sys
 import time
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 
-from nnd import increments
-from nnd import oracles
-from nnd import processes
-from nnd import walks
-from nnd.bench import OVERHEAD_GOAL
-from nnd.bench import machine
+from nnd import increments, oracles, processes, walks
+from nnd.bench import OVERHEAD_GOAL, machine
 
-__all__ = ["LAWS", "benchmark", "markdown_table", "walk_memory", "memory_table", "main"]
+__all__ = ["LAWS", "benchmark", "markdown_table", "walk_memory", "gmm8_memory", "memory_table"]
 
-#: (name, params) of the laws benchmarked, Gaussian first (the reference).
-LAWS: tuple[tuple[str, dict], ...] = (
-    ("gaussian", {}),
-    ("laplace", {}),
-    ("uniform", {}),
-    ("logistic", {}),
-    ("student_t", {"df": 5.0}),
-    ("gennorm", {"beta": 1.5}),
-    ("rademacher", {}),
-)
-
-#: Kept for callers that import it from here (nnd.experiments.table2).
-_machine = machine.describe
-
-
-def _keyed(compiled, keys):
-    """``run(n)``: n calls of ``compiled(key)``, keys taken cyclically, then block."""
-    cell = {"i": 0}
-
-    def run(n: int) -> None:
-        out = None
-        for _ in range(n):
-            out = compiled(keys[cell["i"] % len(keys)])
-            cell["i"] += 1
-        jax.block_until_ready(out)
-
-    return run
+#: Law specs (:func:`nnd.increments.parse`) benchmarked, Gaussian first (the reference).
+LAWS = ("gaussian", "laplace", "uniform", "logistic", "student_t:5", "gennorm:1.5", "rademacher")
 
 
 def _noise_only(law, shape, num_steps: int):
@@ -86,64 +46,57 @@ def _noise_only(law, shape, num_steps: int):
     return draw
 
 
+def _walk(process, law, score_fn, shape, num_steps: int, return_path: bool = False):
+    return functools.partial(walks.reverse, process, law, score_fn, shape=tuple(shape),
+                             num_steps=num_steps, denoise=True, return_path=return_path)
+
+
+def _gmm8(process: str):
+    proc = processes.get(process)
+    return proc, oracles.gmm_score(proc, oracles.gmm8())
+
+
 def benchmark(*, num_steps: int = 1000, num_points: int = 10_000, repeats: int = 5,
-              laws: Sequence[tuple[str, dict]] = LAWS, process: str = "vp", seed: int = 0,
-              log=print) -> dict:
+              laws: Sequence[str] = LAWS, process: str = "vp", log=print) -> dict:
     """Times the reverse walk (and its noise alone) for each law; returns a JSON-ready dict.
 
     Rows: law, compile_seconds, seconds (median of ``repeats``), all repeat times,
     ratio to the first law (Gaussian by default), noise_seconds and its ratio.
     """
-    proc = processes.get(process)
-    score_fn = oracles.gmm_score(proc, oracles.gmm8())
+    proc, score_fn = _gmm8(process)
     shape = (num_points, 2)
-    root = jax.random.key(seed)
-    keys = [jax.random.fold_in(root, r) for r in range(repeats + 1)]
+    key = jax.random.key(0)
     compiled = []
-    for name, params in laws:
-        law = increments.get(name, **params)
-        walk = functools.partial(walks.reverse, proc, law, score_fn, shape=shape,
-                                 num_steps=num_steps, denoise=True)
+    for spec in laws:
+        law = increments.parse(spec)
         start = time.perf_counter()
-        walk_c = jax.jit(walk).lower(root).compile()
+        walk = machine.compiled_timed(f"walk {law}", _walk(proc, law, score_fn, shape, num_steps),
+                                      key)
         compile_s = time.perf_counter() - start
-        noise_c = jax.jit(_noise_only(law, shape, num_steps)).lower(root).compile()
-        compiled.append((str(law), compile_s,
-                         machine.Timed(f"walk {law}", _keyed(walk_c, keys)),
-                         machine.Timed(f"noise {law}", _keyed(noise_c, keys))))
+        noise = machine.compiled_timed(f"noise {law}", _noise_only(law, shape, num_steps), key)
+        compiled.append((str(law), compile_s, walk, noise))
         log(f"compiled {str(law):>18s}: {compile_s:.2f}s")
-    timed = [t for _, _, walk_t, noise_t in compiled for t in (walk_t, noise_t)]
+    timed = [t for _, _, walk, noise in compiled for t in (walk, noise)]
     machine.calibrate(timed)  # one warm-up call each, then one call per turn
     machine.time_round_robin(timed, repeats=repeats)
     rows = []
-    for law, compile_s, walk_t, noise_t in compiled:
-        rows.append({"law": law, "compile_seconds": compile_s, "seconds": walk_t.median,
-                     "repeats": list(walk_t.seconds), "noise_seconds": noise_t.median})
-        log(f"{law:>18s}  walk {walk_t.median:.3f}s  noise only {noise_t.median:.3f}s")
-    ref, ref_noise = rows[0]["seconds"], rows[0]["noise_seconds"]
+    for law, compile_s, walk, noise in compiled:
+        rows.append({"law": law, "compile_seconds": compile_s, "seconds": walk.median,
+                     "repeats": list(walk.seconds), "noise_seconds": noise.median})
+        log(f"{law:>18s}  walk {walk.median:.3f}s  noise only {noise.median:.3f}s")
     for row in rows:
-        row["ratio"] = row["seconds"] / ref
-        row["noise_ratio"] = row["noise_seconds"] / ref_noise
-    return {
-        "benchmark": "reverse walk per increment law",
-        "reference_law": rows[0]["law"],
-        "num_steps": num_steps,
-        "num_points": num_points,
-        "dim": 2,
-        "repeats": repeats,
-        "process": process,
-        "score": "exact gmm8 (nnd.oracles.gmm_score)",
-        "goal_ratio": OVERHEAD_GOAL,
-        "rows": rows,
-        "machine": machine.describe(),
-    }
+        row["ratio"] = row["seconds"] / rows[0]["seconds"]
+        row["noise_ratio"] = row["noise_seconds"] / rows[0]["noise_seconds"]
+    return {"benchmark": "reverse walk per increment law", "reference_law": rows[0]["law"],
+            "num_steps": num_steps, "num_points": num_points, "dim": 2, "repeats": repeats,
+            "process": process, "score": "exact gmm8 (nnd.oracles.gmm_score)",
+            "goal_ratio": OVERHEAD_GOAL, "rows": rows}
 
 
 def markdown_table(result: dict) -> str:
     lines = [
         f"Reverse walk, K = {result['num_steps']}, {result['num_points']} points in 2-D, "
-        f"{result['process']}, median of {result['repeats']} on "
-        f"{machine.machine_line(result['machine'])}; goal: ratio ≤ {result['goal_ratio']}",
+        f"{result['process']}, median of {result['repeats']}; goal: ratio ≤ {result['goal_ratio']}",
         "",
         "| law | walk s | ratio | noise-only s | noise ratio | compile s |",
         "|---|---|---|---|---|---|",
@@ -165,7 +118,7 @@ def _bytes(stats) -> dict:
 
 
 def walk_memory(process, law, score_fn, shape, *, num_steps: Sequence[int] = (10, 1000),
-                path_steps: int | None = 1000, seed: int = 0) -> list[dict]:
+                path_steps: int | None = 1000) -> list[dict]:
     """Compile time and XLA memory analysis of the reverse walk for each K (compiled, not run).
 
     Rows: num_steps, return_path, compile_seconds, and bytes: temp, argument,
@@ -175,18 +128,24 @@ def walk_memory(process, law, score_fn, shape, *, num_steps: Sequence[int] = (10
     network walk, so ``total`` is the figure to read).
     ``path_steps`` adds a row with ``return_path=True`` (the path [K + 1, *shape] is kept).
     """
-    key = jax.random.key(seed)
+    key = jax.random.key(0)
     cases = [(k, False) for k in num_steps] + ([(path_steps, True)] if path_steps else [])
     rows = []
     for k, path in cases:
-        walk = functools.partial(walks.reverse, process, law, score_fn, shape=tuple(shape),
-                                 num_steps=k, denoise=True, return_path=path)
         start = time.perf_counter()
-        compiled = jax.jit(walk).lower(key).compile()
+        compiled = jax.jit(_walk(process, law, score_fn, shape, k, path)).lower(key).compile()
         compile_s = time.perf_counter() - start
         rows.append({"num_steps": k, "return_path": path, "compile_seconds": compile_s,
                      "bytes": _bytes(compiled.memory_analysis())})
     return rows
+
+
+def gmm8_memory(*, num_points: int = 10_000, process: str = "vp", **kwargs) -> dict:
+    """:func:`walk_memory` of the benchmark's setting (gmm8 score, Gaussian law)."""
+    proc, score_fn = _gmm8(process)
+    shape = (num_points, 2)
+    return {"score": "exact gmm8", "law": "gaussian", "shape": list(shape),
+            "rows": walk_memory(proc, increments.get("gaussian"), score_fn, shape, **kwargs)}
 
 
 def memory_table(results: dict) -> str:
@@ -202,37 +161,3 @@ def memory_table(results: dict) -> str:
                          f"{(b['argument'] + b['output'] - b['alias']) / mib:.2f} | "
                          f"{b['total'] / mib:.2f} | {r['compile_seconds']:.2f} |")
     return "\n".join(lines)
-
-
-def gmm8_memory(*, num_points: int = 10_000, process: str = "vp", **kwargs) -> dict:
-    """:func:`walk_memory` of the benchmark's setting (gmm8 score, Gaussian law)."""
-    proc = processes.get(process)
-    shape = (num_points, 2)
-    return {"score": "exact gmm8", "law": "gaussian", "shape": list(shape),
-            "rows": walk_memory(proc, increments.get("gaussian"),
-                                oracles.gmm_score(proc, oracles.gmm8()), shape, **kwargs)}
-
-
-def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m nnd.bench.walks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=None, help="write the result as JSON here")
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--points", type=int, default=10_000)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args(argv)
-    result = benchmark(num_steps=args.steps, num_points=args.points, repeats=args.repeats)
-    result["memory"] = gmm8_memory(num_points=args.points)
-    print()
-    print(markdown_table(result))
-    print()
-    print(memory_table({"gmm8": result["memory"]}))
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=2)
-    return result
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -9,4 +9,7 @@
   against gaussian/gaussian, per t-quartile and K, on gmm8 with the exact oracle.
 - :mod:`nnd.experiments.table2`: a small Table 2 on the bundled digits (the four
   (q, p) rows, bpd, the eq. (5) walk sum, energy distance, NFE).
+
+They share :mod:`nnd.experiments.common` (command-line lists, Markdown tables,
+figures, and the JSON + machine description they write).
 """
