@@ -22,8 +22,12 @@ import time
 import jax
 import orbax.checkpoint as ocp
 
-__all__ = ["directory", "manager", "restore_latest", "set_aside", "restore_ema", "save",
+__all__ = ["WorkdirError", "directory", "manager", "restore_latest", "set_aside", "restore_ema", "save",
            "check_workdir", "Preemption"]
+
+
+class WorkdirError(OSError):
+    """The workdir cannot hold the run (not writable, too little room); the message names it."""
 
 
 def _is_local(path: str) -> bool:
@@ -127,7 +131,7 @@ def restore_ema(workdir: str, abstract_params):
 
 
 def check_workdir(workdir: str, state=None, keep: int = 1) -> None:
-    """Raises a clear OSError, before training, if ``workdir`` cannot hold the run.
+    """Raises a clear :class:`WorkdirError` (an OSError), before training, if ``workdir`` cannot hold the run.
 
     Checks (local paths only) that the directory can be created and written, and
     that the free space holds ``keep + 1`` checkpoints of ``state`` (parameters,
@@ -142,12 +146,12 @@ def check_workdir(workdir: str, state=None, keep: int = 1) -> None:
             f.write(b"\0" * 4096)
         os.remove(probe)
     except OSError as err:
-        raise OSError(f"workdir {workdir!r} is not writable: {err}") from None
+        raise WorkdirError(f"workdir {workdir!r} is not writable: {err}") from None
     if state is not None:
         need = int(1.1 * (keep + 1) * sum(x.nbytes for x in jax.tree.leaves(state)))
         free = shutil.disk_usage(workdir).free
         if free < need:
-            raise OSError(f"workdir {workdir!r}: {free / 2**20:.1f} MiB free, but {keep + 1} "
+            raise WorkdirError(f"workdir {workdir!r}: {free / 2**20:.1f} MiB free, but {keep + 1} "
                           f"checkpoints need about {need / 2**20:.1f} MiB")
 
 

@@ -2,7 +2,7 @@
 
 :func:`resolve` checks every field that would otherwise fail late (unknown law,
 process or dataset, an infinite (q, p) pair, df ≤ 2, num_steps < 1, a batch not
-divisible by the device count) and raises a ValueError naming the field, before
+divisible by the device count) and raises a ConfigError (a ValueError) naming the field, before
 anything compiles. Math code never sees a ConfigDict.
 """
 
@@ -15,7 +15,7 @@ import flax.linen as nn
 
 from nnd import data, increments, likelihood, losses, models, processes, samplers
 
-__all__ = ["Experiment", "resolve", "DATASETS"]
+__all__ = ["ConfigError", "Experiment", "resolve", "DATASETS"]
 
 #: Dataset names the data module knows.
 DATASETS = data.DATASETS
@@ -34,8 +34,12 @@ class Experiment:
     sampling: samplers.Settings
 
 
-def _field_error(field: str, err: Exception) -> ValueError:
-    return ValueError(f"config.{field}: {err}")
+class ConfigError(ValueError):
+    """A config field the run cannot use; the message names the field (``config.<section>.<name>``)."""
+
+
+def _field_error(field: str, err: Exception) -> ConfigError:
+    return ConfigError(f"config.{field}: {err}")
 
 
 def _law(spec, field: str) -> increments.Law:
@@ -65,18 +69,18 @@ def _model(section) -> nn.Module:
 def _positive_int(section, name: str, field: str, minimum: int = 1):
     value = section[field]
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"config.{name}.{field}: must be an integer >= {minimum}, got {value!r}")
+        raise ConfigError(f"config.{name}.{field}: must be an integer >= {minimum}, got {value!r}")
 
 
 def _positive_float(section, name: str, field: str):
     value = section[field]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"config.{name}.{field}: must be a positive number, got {value!r}")
+        raise ConfigError(f"config.{name}.{field}: must be a positive number, got {value!r}")
 
 
 def _check_sampling(s):
     if s.sampler not in samplers.SAMPLERS:
-        raise ValueError(f"config.sampling.sampler: unknown sampler {s.sampler!r}; choose one of "
+        raise ConfigError(f"config.sampling.sampler: unknown sampler {s.sampler!r}; choose one of "
                          f"{samplers.SAMPLERS}")
     for field in ("num_samples", "batch_size"):
         _positive_int(s, "sampling", field)
@@ -87,24 +91,24 @@ def _check_sampling(s):
 
 def _check_eval(e):
     if e.divergence not in likelihood.DIVERGENCES:
-        raise ValueError(f"config.eval.divergence: must be one of {likelihood.DIVERGENCES}, "
+        raise ConfigError(f"config.eval.divergence: must be one of {likelihood.DIVERGENCES}, "
                          f"got {e.divergence!r}")
     if e.solver not in ("ode", "heun"):
-        raise ValueError(f"config.eval.solver: must be 'ode' or 'heun', got {e.solver!r}")
+        raise ConfigError(f"config.eval.solver: must be 'ode' or 'heun', got {e.solver!r}")
     _positive_int(e, "eval", "num_examples", minimum=0)
     for field in ("batch_size", "ode_steps", "num_repeats", "num_samples"):
         _positive_int(e, "eval", field)
     if e.num_samples < 2:
-        raise ValueError(f"config.eval.num_samples: the energy distance needs >= 2, got {e.num_samples}")
+        raise ConfigError(f"config.eval.num_samples: the energy distance needs >= 2, got {e.num_samples}")
     for field in ("rtol", "atol"):
         _positive_float(e, "eval", field)
     for law in e.picture_laws:
         try:
             increments.parse(law)
         except ValueError as err:
-            raise ValueError(f"config.eval.picture_laws: {err}") from None
+            raise ConfigError(f"config.eval.picture_laws: {err}") from None
     if e.fid_weights and not os.path.isfile(e.fid_weights):
-        raise ValueError(f"config.eval.fid_weights: no such file {e.fid_weights!r} "
+        raise ConfigError(f"config.eval.fid_weights: no such file {e.fid_weights!r} "
                          "(see nnd/inception.py for how to obtain the weights)")
 
 
@@ -112,7 +116,7 @@ def resolve(config, num_devices: int = 1) -> Experiment:
     """Validates ``config`` and returns the typed :class:`Experiment`.
 
     Raises:
-      ValueError: naming the offending field.
+      ConfigError: a ValueError naming the offending field.
     """
     process = _process(config.process)
     q = _law(config.loss.q, "loss.q")
@@ -142,32 +146,32 @@ def resolve(config, num_devices: int = 1) -> Experiment:
         raise _field_error("sampling.num_steps", err) from None
 
     if config.data.name not in DATASETS:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.name: unknown dataset {config.data.name!r}; choose one of {DATASETS}"
         )
     batch = config.data.batch_size
     if not isinstance(batch, int) or batch < 1 or batch % num_devices:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.batch_size: must be a positive multiple of the device count "
             f"({num_devices}), got {batch!r}"
         )
     model = _model(config.model)
     is_toy = config.data.name in data.TOYS
     if is_toy != (config.model.name == "mlp"):
-        raise ValueError(
+        raise ConfigError(
             f"config.model.name: {config.model.name!r} does not fit dataset {config.data.name!r}; "
             "use 'mlp' for the 2-D toys and 'vdm' or 'unet' for images")
     for field in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
         value = config.train[field]
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"config.train.{field}: must be a positive integer, got {value!r}")
+            raise ConfigError(f"config.train.{field}: must be a positive integer, got {value!r}")
     if not isinstance(config.train.sample_every, int) or config.train.sample_every < 0:
-        raise ValueError(f"config.train.sample_every: must be an integer >= 0, got "
+        raise ConfigError(f"config.train.sample_every: must be an integer >= 0, got "
                          f"{config.train.sample_every!r}")
     _check_sampling(config.sampling)
     _check_eval(config.eval)
     if not 0.0 <= config.optim.ema_decay < 1.0:
-        raise ValueError(f"config.optim.ema_decay: must be in [0, 1), got {config.optim.ema_decay}")
+        raise ConfigError(f"config.optim.ema_decay: must be in [0, 1), got {config.optim.ema_decay}")
     s = config.sampling
     sampling = samplers.Settings(sampler=s.sampler, num_steps=s.num_steps, denoise=bool(s.denoise),
                                  snr=float(s.snr), corrector_steps=s.corrector_steps,

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnd import batching, data, losses, ode, samplers
+from nnd import batching, data, increments, losses, ode, samplers
 from nnd import processes as processes_lib
 
 __all__ = ["DIVERGENCES", "divergence_fn", "log_prob", "log_prob_with_stats", "bits_per_dim",
@@ -93,7 +93,8 @@ def _probe(key, method, shape, dtype):
     return None
 
 
-def log_prob_with_stats(process, score_fn, x, key, divergence: str = "auto", rtol: float = 1e-5,
+def log_prob_with_stats(process: processes_lib.Process, score_fn: processes_lib.ScoreFn,
+                        x: jax.Array, key: jax.Array, divergence: str = "auto", rtol: float = 1e-5,
                         atol: float = 1e-5, *, solver: str = "ode", num_steps: int = 100,
                         max_steps: int = 10_000):
     """(log p(x) in nats [B], :class:`nnd.ode.Stats`) through the PF-ODE; see :func:`log_prob`."""
@@ -121,8 +122,9 @@ def log_prob_with_stats(process, score_fn, x, key, divergence: str = "auto", rto
     return process.prior_logp(x1) + delta, stats
 
 
-def log_prob(process, score_fn, x, key, divergence: str = "auto", rtol: float = 1e-5,
-             atol: float = 1e-5, **kwargs):
+def log_prob(process: processes_lib.Process, score_fn: processes_lib.ScoreFn, x: jax.Array,
+             key: jax.Array, divergence: str = "auto", rtol: float = 1e-5, atol: float = 1e-5,
+             **kwargs) -> jax.Array:
     """Log-density (nats) of continuous x [B, ...] under the model, through the PF-ODE (eq. 6).
 
     The density is that of the model's marginal at t_eps (where the ODE starts);
@@ -213,7 +215,8 @@ def dataset_bpd(log_prob_fn, images, num_levels: int, *, batch_size: int, key,
     }
 
 
-def walk_bound(process, eps_fn, x0, key, *, q, p, num_steps: int):
+def walk_bound(process: processes_lib.Process, eps_fn: processes_lib.EpsFn, x0: jax.Array,
+               key: jax.Array, *, q: increments.Law, p: increments.Law, num_steps: int) -> dict:
     """The eq. (5) sum for (q, p, K) per example, in nats, with Gaussian marginals.
 
     .. math::  \\mathrm{KL}(N(\\alpha_1 x_0, \\sigma_1^2) \\,\\|\\, \\text{prior})

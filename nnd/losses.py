@@ -53,7 +53,7 @@ _TAIL_PANELS = (0.0, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0)
 _LOG_Q_FLOOR = -700.0
 
 
-def check_pair(q, p) -> tuple[Law, Law]:
+def check_pair(q: Law | str, p: Law | str) -> tuple[Law, Law]:
     """Returns (q, p) as laws if KL(q(· - u) ‖ p) is finite for every u, else raises.
 
     A pair is finite only if supp q ⊆ supp p and E_q[-log p(z + u)] < ∞.
@@ -84,7 +84,7 @@ def check_pair(q, p) -> tuple[Law, Law]:
     return q, p
 
 
-def has_closed_form(q, p) -> bool:
+def has_closed_form(q: Law | str, p: Law | str) -> bool:
     """Whether :func:`shift_kl` with method='auto' uses a closed form for (q, p)."""
     q, p = increments.parse(q), increments.parse(p)
     return isinstance(p, increments.Gaussian) or (
@@ -209,7 +209,7 @@ def _quadrature_scalar(q: Law, p: Law, u):
     return jnp.sum(terms)
 
 
-def shift_kl(q, p, u, method: str = "auto"):
+def shift_kl(q: Law | str, p: Law | str, u: jax.Array, method: str = "auto") -> jax.Array:
     """ℓ_{q,p}(u) = KL(q(· - u) ‖ p), elementwise in u (eq. 5, Table 1).
 
     Args:
@@ -240,7 +240,7 @@ def shift_kl(q, p, u, method: str = "auto"):
     return out.reshape(u.shape)
 
 
-def penalty(q, p, dtype=jnp.float32):
+def penalty(q: Law | str, p: Law | str, dtype=jnp.float32) -> jax.Array:
     """ℓ_{q,p}(0): the KL paid at every step and coordinate even by a perfect score."""
     return shift_kl(q, p, jnp.zeros((), dtype))
 

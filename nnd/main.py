@@ -4,13 +4,15 @@ Flags and logging only; the work is in :mod:`nnd.train` and :mod:`nnd.evaluate`.
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 import jax
 
-from nnd import evaluate, train
+from nnd import checkpoints, evaluate, train
+from nnd import config as config_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
@@ -18,7 +20,12 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and sam
 flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"],
                   "train (resumes automatically), eval (writes WORKDIR/eval/metrics.json) "
                   "or sample (writes WORKDIR/samples.npz and samples.png).")
+flags.DEFINE_bool("debug", False, "Show the traceback of a config, workdir or missing-checkpoint "
+                  "error instead of one line.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+#: A user's mistake: reported in one line naming the field or path (no traceback).
+USER_ERRORS = (config_lib.ConfigError, checkpoints.WorkdirError, FileNotFoundError)
 
 
 def multiprocess_environment(env=None) -> bool:
@@ -75,12 +82,14 @@ def main(argv):
     else:
         logging.set_verbosity(logging.WARNING)
     logging.info("devices: %s", jax.devices())
-    if FLAGS.mode == "train":
-        train.train(FLAGS.config, FLAGS.workdir)
-    elif FLAGS.mode == "eval":
-        evaluate.evaluate(FLAGS.config, FLAGS.workdir)
-    else:
-        evaluate.sample(FLAGS.config, FLAGS.workdir)
+    run = {"train": train.train, "eval": evaluate.evaluate, "sample": evaluate.sample}[FLAGS.mode]
+    try:
+        run(FLAGS.config, FLAGS.workdir)
+    except USER_ERRORS as err:
+        if FLAGS.debug:
+            raise
+        print(f"nnd: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -38,8 +38,8 @@ _LOG_2PI = math.log(2.0 * math.pi)
 #: Gauss–Hermite nodes per posterior component in :func:`loss_minimiser`.
 HERMITE_NODES = 48
 
-#: ``fn(x [B, D], t [B]) -> [B, D]`` or ``-> [B]``: a field or density of the noised data.
-ArrayFn = Callable[[jax.Array, jax.Array], jax.Array]
+#: ``log_prob_fn(x [B, D], t [B]) -> [B]``.
+LogProbFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -144,7 +144,7 @@ def _component_terms(process: Process, gmm: GMM, x_BxD, t_B, *, posterior_var: b
     return log_w_J[None] + log_n_BxJ, score_BxJxD, post_var_BxJxD
 
 
-def gmm_log_prob(process: Process, weights, means=None, covs=None) -> ArrayFn:
+def gmm_log_prob(process: Process, weights, means=None, covs=None) -> LogProbFn:
     """Exact log p_t(x): returns ``log_prob_fn(x [B, D], t [B]) -> [B]``.
 
     Pass either (weights, means, covs) or a GMM as the first argument.
@@ -158,7 +158,7 @@ def gmm_log_prob(process: Process, weights, means=None, covs=None) -> ArrayFn:
     return log_prob_fn
 
 
-def gmm_score(process: Process, weights, means=None, covs=None) -> ArrayFn:
+def gmm_score(process: Process, weights, means=None, covs=None) -> processes.ScoreFn:
     """Exact score ∇_x log p_t(x): returns ``score_fn(x [B, D], t [B]) -> [B, D]``.
 
     .. math::  \\nabla \\log p_t(x) = \\sum_j r_j(x)\\,
@@ -201,7 +201,7 @@ def posterior_eps(process: Process, gmm: GMM, x_BxD: jax.Array,
 
 
 def loss_minimiser(process: Process, gmm: GMM, q: Law | str, p: Law | str, num_steps: int, *,
-                   num_nodes: int = HERMITE_NODES, num_iters: int = 40) -> ArrayFn:
+                   num_nodes: int = HERMITE_NODES, num_iters: int = 40) -> processes.EpsFn:
     """m*(x, t): what a perfect fit of the eq. (5) loss learns for ε (SPEC §4 (ii)).
 
     Per coordinate, the minimiser of the expected loss given x_t,

@@ -23,6 +23,8 @@ import dataclasses
 import math
 import numbers
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,8 +32,13 @@ import numpy as np
 __all__ = [
     "Process", "VP", "SubVP", "VE", "VDM", "PROCESSES", "get", "param_names", "time_grid",
     "check_num_steps", "per_example", "reverse_drift", "pf_ode_drift", "score_fn_from_eps",
-    "eps_fn_from_score",
+    "eps_fn_from_score", "ScoreFn", "EpsFn",
 ]
+
+#: ``score_fn(x [B, ...], t [B]) -> s(x, t) [B, ...]``: a score, exact or from a network.
+ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
+#: ``eps_fn(x [B, ...], t [B]) -> ε(x, t) [B, ...]``: an ε-prediction (SPEC §4).
+EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -100,7 +107,7 @@ class Process:
         sq = jnp.sum(jnp.square(x).reshape(x.shape[0], -1), axis=-1)
         return -0.5 * sq / s**2 - 0.5 * d * (_LOG_2PI + 2.0 * math.log(s))
 
-    def marginal(self, x0, eps, t_B):
+    def marginal(self, x0: jax.Array, eps: jax.Array, t_B: jax.Array) -> jax.Array:
         """x_t = alpha(t) x_0 + sigma(t) ε, the Gaussian marginal of eq. (1), per example.
 
         Args:
@@ -127,6 +134,21 @@ def _check_t_eps(name: str, t_eps) -> float:
     return t_eps
 
 
+def _validate(process: Process, low: str, high: str, *, positive: bool, strict: bool) -> None:
+    """Checks and stores as floats the range parameters (low, high) and t_eps of ``process``.
+
+    Needs low < high (``strict``) or low ≤ high, and 0 < low if ``positive``.
+    """
+    v = _check_finite(process.name, **{low: getattr(process, low), high: getattr(process, high)})
+    ordered = v[low] < v[high] if strict else v[low] <= v[high]
+    if not ordered or (positive and not v[low] > 0.0):
+        need = ("0 < " if positive else "") + f"{low} {'<' if strict else '<='} {high}"
+        raise ValueError(f"{process.name}: need {need}, got {low}={v[low]:g}, {high}={v[high]:g}")
+    for field, value in v.items():
+        object.__setattr__(process, field, value)
+    object.__setattr__(process, "t_eps", _check_t_eps(process.name, process.t_eps))
+
+
 @dataclasses.dataclass(frozen=True)
 class VP(Process):
     """Variance preserving (score_sde VP-SDE): log α = -t²(βmax-βmin)/4 - tβmin/2, σ² = 1 - α²."""
@@ -137,15 +159,7 @@ class VP(Process):
     name = "vp"
 
     def __post_init__(self):
-        v = _check_finite(self.name, beta_min=self.beta_min, beta_max=self.beta_max)
-        if not 0.0 < v["beta_min"] <= v["beta_max"]:
-            raise ValueError(
-                f"{self.name}: need 0 < beta_min <= beta_max, got "
-                f"beta_min={v['beta_min']:g}, beta_max={v['beta_max']:g}"
-            )
-        object.__setattr__(self, "beta_min", v["beta_min"])
-        object.__setattr__(self, "beta_max", v["beta_max"])
-        object.__setattr__(self, "t_eps", _check_t_eps(self.name, self.t_eps))
+        _validate(self, "beta_min", "beta_max", positive=True, strict=False)
 
     def log_alpha(self, t):
         t = jnp.asarray(t)
@@ -175,15 +189,7 @@ class VE(Process):
     name = "ve"
 
     def __post_init__(self):
-        v = _check_finite(self.name, sigma_min=self.sigma_min, sigma_max=self.sigma_max)
-        if not 0.0 < v["sigma_min"] < v["sigma_max"]:
-            raise ValueError(
-                f"{self.name}: need 0 < sigma_min < sigma_max, got "
-                f"sigma_min={v['sigma_min']:g}, sigma_max={v['sigma_max']:g}"
-            )
-        object.__setattr__(self, "sigma_min", v["sigma_min"])
-        object.__setattr__(self, "sigma_max", v["sigma_max"])
-        object.__setattr__(self, "t_eps", _check_t_eps(self.name, self.t_eps))
+        _validate(self, "sigma_min", "sigma_max", positive=True, strict=True)
 
     def log_alpha(self, t):
         return jnp.zeros_like(jnp.asarray(t, dtype=jnp.result_type(float)))
@@ -209,15 +215,7 @@ class VDM(Process):
     name = "vdm"
 
     def __post_init__(self):
-        v = _check_finite(self.name, gamma_min=self.gamma_min, gamma_max=self.gamma_max)
-        if not v["gamma_min"] < v["gamma_max"]:
-            raise ValueError(
-                f"{self.name}: need gamma_min < gamma_max, got "
-                f"gamma_min={v['gamma_min']:g}, gamma_max={v['gamma_max']:g}"
-            )
-        object.__setattr__(self, "gamma_min", v["gamma_min"])
-        object.__setattr__(self, "gamma_max", v["gamma_max"])
-        object.__setattr__(self, "t_eps", _check_t_eps(self.name, self.t_eps))
+        _validate(self, "gamma_min", "gamma_max", positive=False, strict=True)
 
     def gamma(self, t):
         return self.gamma_min + jnp.asarray(t) * (self.gamma_max - self.gamma_min)
@@ -284,7 +282,7 @@ def time_grid(process: Process, num_steps: int):
     return jnp.asarray(t, jnp.float32), dt
 
 
-def per_example(v_B, x):
+def per_example(v_B: jax.Array, x: jax.Array) -> jax.Array:
     """Reshapes a per-example value [B] to broadcast against x [B, ...], in x's dtype."""
     v_B = jnp.asarray(v_B)
     return v_B.reshape((-1,) + (1,) * (jnp.ndim(x) - 1)).astype(jnp.asarray(x).dtype)
@@ -297,7 +295,7 @@ def _drift(process: Process, x, score, t, score_weight: float):
     return f.astype(x.dtype) * x - (score_weight * g2).astype(x.dtype) * score
 
 
-def reverse_drift(process: Process, x, score, t):
+def reverse_drift(process: Process, x: jax.Array, score: jax.Array, t) -> jax.Array:
     """Drift of the reverse-time SDE, f(t) x - g(t)² s(x, t) (the bracket of eq. 8).
 
     ``t`` is a scalar or per-example [B]; a reverse step moves by minus this times Δt.
@@ -305,12 +303,12 @@ def reverse_drift(process: Process, x, score, t):
     return _drift(process, x, score, t, 1.0)
 
 
-def pf_ode_drift(process: Process, x, score, t):
+def pf_ode_drift(process: Process, x: jax.Array, score: jax.Array, t) -> jax.Array:
     """The probability-flow ODE of eq. (6): dx/dt = f(t) x - ½ g(t)² s(x, t)."""
     return _drift(process, x, score, t, 0.5)
 
 
-def score_fn_from_eps(process: Process, eps_fn):
+def score_fn_from_eps(process: Process, eps_fn: EpsFn) -> ScoreFn:
     """s(x, t) = -ε(x, t) / σ(t) (SPEC §4): the score of an ε-prediction."""
 
     def score_fn(x, t_B):
@@ -320,7 +318,7 @@ def score_fn_from_eps(process: Process, eps_fn):
     return score_fn
 
 
-def eps_fn_from_score(process: Process, score_fn):
+def eps_fn_from_score(process: Process, score_fn: ScoreFn) -> EpsFn:
     """ε(x, t) = -σ(t) s(x, t) (SPEC §4): the ε-prediction of a score, e.g. E[ε | x_t] of an oracle."""
 
     def eps_fn(x, t_B):

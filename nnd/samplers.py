@@ -32,8 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import flax.linen as nn
+
 from nnd import ode, walks
 from nnd import processes as processes_lib
+from nnd.increments import Law
+from nnd.processes import Process, ScoreFn
 
 __all__ = ["SAMPLERS", "Settings", "pf_ode_field", "reverse_walk", "predictor_corrector", "pf_ode",
            "sample", "compiled", "draw"]
@@ -60,7 +64,7 @@ def _batch_time(x, t):
     return jnp.full((x.shape[0],), t, jnp.float32)
 
 
-def pf_ode_field(process, score_fn):
+def pf_ode_field(process: Process, score_fn: ScoreFn):
     """The vector field h(x, t) of eq. (6) for an ODE solver: t scalar, x a batch."""
 
     def field(x, t):
@@ -70,8 +74,8 @@ def pf_ode_field(process, score_fn):
     return field
 
 
-def reverse_walk(process, law, score_fn, key, shape, *, num_steps: int, denoise: bool = True,
-                 dtype=jnp.float32):
+def reverse_walk(process: Process, law: Law, score_fn: ScoreFn, key: jax.Array, shape, *,
+                 num_steps: int, denoise: bool = True, dtype=jnp.float32):
     """The reverse walk of eq. (8) with increments from ``law``; returns (x, nfe)."""
     x = walks.reverse(process, law, score_fn, key, shape, num_steps, denoise=denoise, dtype=dtype)
     return x, jnp.asarray(num_steps + int(denoise), jnp.int32)
@@ -81,7 +85,8 @@ def _per_example_norm(v):
     return jnp.sqrt(jnp.sum(jnp.square(v.reshape(v.shape[0], -1)), axis=1))
 
 
-def predictor_corrector(process, law, score_fn, key, shape, *, num_steps: int, snr: float = 0.16,
+def predictor_corrector(process: Process, law: Law, score_fn: ScoreFn, key: jax.Array, shape, *,
+                        num_steps: int, snr: float = 0.16,
                         corrector_steps: int = 1, denoise: bool = True, dtype=jnp.float32):
     """Reverse-walk predictor with a Langevin corrector whose noise is ``law``; returns (x, nfe).
 
@@ -122,7 +127,8 @@ def predictor_corrector(process, law, score_fn, key, shape, *, num_steps: int, s
     return x, jnp.asarray(nfe, jnp.int32)
 
 
-def pf_ode(process, score_fn, key, shape, *, solver: str = "ode", num_steps: int = 100,
+def pf_ode(process: Process, score_fn: ScoreFn, key: jax.Array, shape, *, solver: str = "ode",
+           num_steps: int = 100,
            rtol: float = 1e-5, atol: float = 1e-5, denoise: bool = True, dtype=jnp.float32):
     """Integrates eq. (6) from a prior draw at t = 1 down to t_eps; returns (x, nfe).
 
@@ -142,7 +148,8 @@ def pf_ode(process, score_fn, key, shape, *, solver: str = "ode", num_steps: int
     return x, stats.nfe + int(denoise)
 
 
-def sample(sampler: str, process, law, score_fn, key, shape, *, num_steps: int,
+def sample(sampler: str, process: Process, law: Law, score_fn: ScoreFn, key: jax.Array, shape, *,
+           num_steps: int,
            denoise: bool = True, snr: float = 0.16, corrector_steps: int = 1,
            rtol: float = 1e-3, atol: float = 1e-3, dtype=jnp.float32):
     """Dispatches on ``sampler`` (one of :data:`SAMPLERS`); returns (samples, nfe).
@@ -164,7 +171,7 @@ def sample(sampler: str, process, law, score_fn, key, shape, *, num_steps: int,
 
 
 @functools.lru_cache(maxsize=64)
-def compiled(model, process, law, shape: tuple, settings: Settings):
+def compiled(model: nn.Module, process: Process, law: Law, shape: tuple, settings: Settings):
     """``draw_batch(params, key) -> (samples [shape], nfe)`` for an ε-network, jitted once.
 
     Cached per (model, process, law, shape, settings), all hashable values, so a
@@ -186,7 +193,8 @@ def _apply(model, params, x, t_B):
     return model.apply({"params": params}, x, t_B)
 
 
-def draw(model, params, process, law, settings: Settings, example_shape: tuple,
+def draw(model: nn.Module, params, process: Process, law: Law, settings: Settings,
+         example_shape: tuple,
          num_samples: int, key, *, progress_every: float = 30.0):
     """(samples [N, *example_shape] on the host, mean NFE per sample) from an ε-network.
 

@@ -16,6 +16,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from nnd import increments
 from nnd import processes as processes_lib
 
 __all__ = ["forward_step", "reverse_step", "forward", "reverse", "moments", "tweedie_denoise"]
@@ -46,7 +47,8 @@ def reverse_step(process: processes_lib.Process, x: jax.Array, score: jax.Array,
     return x - (dt * drift).astype(x.dtype) + (g * math.sqrt(dt)).astype(x.dtype) * z
 
 
-def forward(process, law, x0, key, num_steps: int, *, return_path: bool = False):
+def forward(process: processes_lib.Process, law: increments.Law, x0: jax.Array, key: jax.Array,
+            num_steps: int, *, return_path: bool = False):
     """Runs the forward structured random walk of eq. (8) from x0 at t_eps to t = 1.
 
     .. math::  x_{k+1} = x_k + f(t_k)\\, x_k \\Delta t + g(t_k)\\sqrt{\\Delta t}\\, z_k,
@@ -83,7 +85,8 @@ def forward(process, law, x0, key, num_steps: int, *, return_path: bool = False)
     return x1
 
 
-def tweedie_denoise(process, score_fn, x, t: float):
+def tweedie_denoise(process: processes_lib.Process, score_fn: processes_lib.ScoreFn, x: jax.Array,
+                    t: float) -> jax.Array:
     """The noise-free last step: Tweedie's E[x_0 | x_t] = (x + sigma² s(x, t)) / alpha."""
     t_B = jnp.full((x.shape[0],), t, jnp.float32)
     alpha, sigma2 = processes_lib.per_example(process.alpha(t_B), x), processes_lib.per_example(
@@ -91,7 +94,8 @@ def tweedie_denoise(process, score_fn, x, t: float):
     return (x + sigma2 * score_fn(x, t_B)) / alpha
 
 
-def reverse(process, law, score_fn, key, shape, num_steps: int, denoise: bool = True,
+def reverse(process: processes_lib.Process, law: increments.Law, score_fn: processes_lib.ScoreFn,
+            key: jax.Array, shape: tuple[int, ...], num_steps: int, denoise: bool = True,
             *, dtype=jnp.float32, return_path: bool = False):
     """Runs the reverse structured random walk from the prior at t = 1 to t_eps.
 
@@ -138,7 +142,7 @@ def reverse(process, law, score_fn, key, shape, num_steps: int, denoise: bool = 
     return x
 
 
-def moments(process, num_steps: int):
+def moments(process: processes_lib.Process, num_steps: int) -> tuple[jax.Array, jax.Array]:
     """(m_K, v_K) of the forward walk from a fixed x at t_eps (Theorem 3.1).
 
     .. math::  m_K = \\prod_{k} (1 + f_k\\Delta t), \\qquad

@@ -207,7 +207,8 @@ def test_plot_writes_a_png(tmp_path):
 
 
 def test_run_measures_every_pair_and_k(monkeypatch):
-    # Training stubbed by the exact oracle: what run() adds is the bookkeeping around it.
+    # Training stubbed by the exact oracle and the untrained net by zero (both are run
+    # for real in the slow end-to-end test): what run() adds is the bookkeeping.
     process, gmm = processes.get("vp"), oracles.gmm8()
     oracle = processes.eps_fn_from_score(process, oracles.gmm_score(process, gmm))
     calls = []
@@ -217,6 +218,7 @@ def test_run_measures_every_pair_and_k(monkeypatch):
         return oracle, {"train_seconds": 0.0, "final_step": settings.train_steps}
 
     monkeypatch.setattr(bias, "train_pair", fake_train_pair)
+    monkeypatch.setattr(bias, "_untrained_eps_fn", lambda settings: lambda x, t: jnp.zeros_like(x))
     settings = bias.Settings(train_steps=3, ks=(10,), n=400, num_chunks=4,
                              pairs=common.parse_pairs("gaussian/gaussian"))
     result = bias.run(settings, log=lambda *a: None)

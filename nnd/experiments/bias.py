@@ -57,7 +57,7 @@ import json
 import math
 import os
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -67,7 +67,7 @@ from nnd import batching, defaults, keys, losses, oracles, processes
 from nnd import config as config_lib
 from nnd.experiments import common
 from nnd.increments import Law
-from nnd.processes import Process
+from nnd.processes import EpsFn, Process
 
 __all__ = ["DEFAULT_PAIRS", "DEFAULT_K", "QUARTILES", "Settings", "quartile_of", "draw_points",
            "relative_error_table", "relative_error", "make_config", "train_pair", "run",
@@ -79,8 +79,6 @@ DEFAULT_K = "10,100,1000"
 QUARTILES = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
 #: Evaluation points per jitted batch (bounds memory).
 _BATCH = 8192
-
-EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
