@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["samples_png", "samples_title", "side_by_side_png", "shift_kl_png", "image_grid"]
+__all__ = ["pyplot", "samples_png", "samples_title", "side_by_side_png", "shift_kl_png", "image_grid"]
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed), imported on first use."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -48,12 +49,12 @@ def _draw(ax, samples, title):
 
 def _save(fig, path):
     fig.savefig(path, dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def samples_png(samples, path: str, title: str):
     """A scatter plot of [N, 2] samples or an image grid of [N, H, W, C] samples, as a PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     _draw(ax, samples, title)
     _save(fig, path)
@@ -67,7 +68,7 @@ def samples_title(dataset: str, q, p, sampler: str, law, nfe: float | None = Non
 
 def side_by_side_png(panels: dict, path: str, title: str):
     """One panel per entry ``{label: samples}`` in a row (the paper's Figure 1 layout)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.3), squeeze=False)
     for ax, (label, samples) in zip(axes[0], panels.items()):
         _draw(ax, samples, label)
@@ -80,7 +81,7 @@ def side_by_side_png(panels: dict, path: str, title: str):
 
 def shift_kl_png(curves: dict, path: str, title: str, highlight: str | None = None):
     """ℓ_{q,p}(u) against u: ``curves = {label: (u, ell)}``; ``highlight`` drawn thicker."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, (u, ell) in curves.items():
         ax.plot(u, ell, label=label, lw=2.5 if label == highlight else 1.2)

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Sequence
 from nnd import increments, losses, processes
 from nnd.bench import machine
 from nnd.increments import Law
-from nnd.pictures import _pyplot as pyplot
+from nnd.pictures import pyplot
 
 __all__ = ["parse_list", "parse_laws", "parse_pair", "parse_pairs", "parse_steps", "pair_label",
            "law_spec", "check_int", "latest_step", "markdown_table", "pyplot", "style_axes",
