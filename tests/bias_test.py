@@ -20,12 +20,6 @@ from nnd.experiments import bias, common
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def fast_first(cases):
-    """The first case in the fast tier, every other one marked slow."""
-    return [cases[0]] + [pytest.param(*(c if isinstance(c, tuple) else (c,)), marks=pytest.mark.slow)
-                         for c in cases[1:]]
-
-
 @pytest.fixture(scope="module")
 def setup():
     process = processes.get("vp")
@@ -39,7 +33,8 @@ def _error(eps_fn, setup, num_steps=10, n=4000, seed=0):
                                num_steps=num_steps, n=n)
 
 
-@pytest.mark.parametrize("num_steps", fast_first([10, 1000]))
+@pytest.mark.fast_first
+@pytest.mark.parametrize("num_steps", [10, 1000])
 def test_exact_oracle_has_zero_error(setup, num_steps):
     table = _error(setup[2], setup, num_steps)
     for cell in table["quartiles"] + [table["overall"]]:
@@ -48,7 +43,8 @@ def test_exact_oracle_has_zero_error(setup, num_steps):
     assert sum(c["n"] for c in table["quartiles"]) == table["overall"]["n"] == 4000
 
 
-@pytest.mark.parametrize("scale", fast_first([1.1, 0.5]))
+@pytest.mark.fast_first
+@pytest.mark.parametrize("scale", [1.1, 0.5])
 def test_scaled_oracle_has_known_error(setup, scale):
     oracle = setup[2]
     table = _error(lambda x, t: scale * oracle(x, t), setup)
@@ -102,7 +98,8 @@ def test_standard_error_shrinks_with_n(setup):
         4 * small["overall"]["stderr"])
 
 
-@pytest.mark.parametrize("num_steps", fast_first([10, 100]))
+@pytest.mark.fast_first
+@pytest.mark.parametrize("num_steps", [10, 100])
 def test_points_are_the_training_draw(setup, num_steps):
     process, gmm, _ = setup
     key = jax.random.key(3)
@@ -126,8 +123,9 @@ def test_points_are_the_training_draw(setup, num_steps):
     assert abs(np.mean(prod)) < 4 * np.std(prod) / math.sqrt(eps_.size)
 
 
-@pytest.mark.parametrize("spec", fast_first(["laplace/uniform", "gaussian", "laplace/laplace/laplace",
-                                             "cauchy/laplace", "rademacher/gaussian", "laplace/"]))
+@pytest.mark.fast_first
+@pytest.mark.parametrize("spec", ["laplace/uniform", "gaussian", "laplace/laplace/laplace",
+                                             "cauchy/laplace", "rademacher/gaussian", "laplace/"])
 def test_bad_pair_raises(spec):
     with pytest.raises(ValueError):
         common.parse_pair(spec)
@@ -163,7 +161,8 @@ def test_config_shares_the_budget():
         ("student_t:5.0", "laplace")}
 
 
-@pytest.mark.parametrize("n, chunks", fast_first([(10, 10), (0, 2), (39, 10)]))
+@pytest.mark.fast_first
+@pytest.mark.parametrize("n, chunks", [(10, 10), (0, 2), (39, 10)])
 def test_settings_refuse_too_few_points(n, chunks):
     with pytest.raises(ValueError, match="n must be"):
         bias.Settings(n=n, num_chunks=chunks)

@@ -284,6 +284,7 @@ def test_cifar_flips_about_half_of_the_draws_per_example():
     assert np.all(mirrored.any(axis=1)) and not np.any(mirrored.all(axis=1))
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("name", ["mnist", "digits"])
 def test_mnist_and_digits_never_flip(name):
     mirrored = _orientations(name, steps=8, batch=32)
@@ -294,6 +295,7 @@ def test_mnist_and_digits_never_flip(name):
 # toys
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("name", sorted(data.TOYS))
 def test_toy_batches_are_pure_functions_of_seed_and_step(name):
     x = np.asarray(data.toy_batch(name, 0, 3, 256))

@@ -10,6 +10,10 @@ from nnd import evaluate, losses, train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
+# Tiny budgets: these tests check what is written and counted, so compile without
+# XLA's optimisations (tests/conftest.py).
+pytestmark = pytest.mark.plumbing
+
 
 def _tiny_toy_config():
     config = defaults.default()
@@ -107,6 +111,7 @@ def test_eval_walk_sum_counts_the_penalty_for_mismatched_laws(tmp_path):
     assert result["samples"]["nfe"] == 2 * config.sampling.num_steps + 1  # heun, + denoise
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("sampler", ["walk", "pc", "ode"])
 def test_sample_mode_uses_the_configured_sampler(tmp_path, sampler):
     config = _tiny_toy_config()
@@ -136,6 +141,7 @@ def test_digits_eval_counts_every_test_example_and_writes_every_file(tmp_path):
     assert result["samples"]["reference_examples"] == 10
 
 
+@pytest.mark.slow
 def test_fid_is_computed_and_its_reference_cached(tmp_path, monkeypatch):
     """The FID plumbing with a cheap stand-in feature network (the real one is tested in inception_test)."""
     from nnd import inception

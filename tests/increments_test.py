@@ -107,6 +107,7 @@ def _draws(name, params_items, dtype=jnp.float32):
     return np.asarray(z.astype(jnp.float32), np.float64)
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("law", ALL_LAWS, ids=_law_id)
 def test_sample_has_zero_mean_and_unit_variance(law):
     name, params = law
@@ -115,6 +116,7 @@ def test_sample_has_zero_mean_and_unit_variance(law):
     assert abs(z.var() - 1.0) < 0.02
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("law", CONTINUOUS_LAWS, ids=_law_id)
 def test_sample_follows_the_law_kolmogorov_smirnov(law):
     # A sampler with the right moments can still have the wrong shape; the KS test
@@ -148,6 +150,7 @@ def test_sample_fourth_moment_matches_kurtosis(law):
     assert np.mean(z**4) == pytest.approx(expected, rel=0.05)
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16], ids=["float16", "bfloat16"])
 @pytest.mark.parametrize("law", ONE_PER_LAW, ids=_law_id)
 def test_sample_in_half_precision_keeps_dtype_and_moments(law, dtype):
@@ -162,6 +165,7 @@ def test_sample_in_half_precision_keeps_dtype_and_moments(law, dtype):
     assert abs(z.var() - 1.0) < 0.02
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("law", ONE_PER_LAW, ids=_law_id)
 def test_sample_in_float64(law):
     name, params = law
@@ -174,6 +178,7 @@ def test_sample_in_float64(law):
     assert abs(z.var() - 1.0) < 0.02
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("law", ONE_PER_LAW, ids=_law_id)
 def test_sample_under_jit_with_typed_key(law):
     # Moments, not bitwise equality with the eager draw: XLA may round the rejection
@@ -221,6 +226,7 @@ def test_log_prob_keeps_float32(law):
     np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("law", CONTINUOUS_LAWS, ids=_law_id)
 def test_entropy_matches_integral(law):
     name, params = law
@@ -248,6 +254,7 @@ def test_kurtosis_is_infinite_for_heavy_student_t():
     assert law.kurtosis() == math.inf
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("law", ALL_LAWS, ids=_law_id)
 def test_cdf_matches_scipy(law):
     name, params = law
@@ -261,6 +268,7 @@ def test_cdf_matches_scipy(law):
 SHIFTS = [0.0, 0.01, 0.3, -1.0, 1.5, 2.5, -4.0]  # 2.5 and -4 are past the uniform's √3
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("law", CONTINUOUS_LAWS, ids=_law_id)
 def test_mean_abs_shift_matches_quad(law):
     name, params = law

@@ -19,12 +19,6 @@ from nnd.experiments import common, invariance
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def fast_first(cases):
-    """The first case in the fast tier, every other one marked slow."""
-    return [cases[0]] + [pytest.param(*(c if isinstance(c, tuple) else (c,)), marks=pytest.mark.slow)
-                         for c in cases[1:]]
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("invariance")
@@ -154,9 +148,10 @@ def test_parse_laws_reads_specs_through_increments_parse():
         assert increments.parse(common.law_spec(law)) == law
 
 
-@pytest.mark.parametrize("text", fast_first([
+@pytest.mark.fast_first
+@pytest.mark.parametrize("text", [
     "gaussian,normal", "cauchy", "gaussian:2", "student_t:abc", "student_t:1.5", "gennorm:-1",
-    "", "laplace:", "gaussian,gaussian"]))
+    "", "laplace:", "gaussian,gaussian"])
 def test_bad_laws_raise(text):
     with pytest.raises(ValueError):
         common.parse_laws(text)
@@ -167,7 +162,8 @@ def test_parse_steps():
     assert common.parse_steps([30, 10]) == (10, 30)
 
 
-@pytest.mark.parametrize("text", fast_first(["0", "10,abc", "", "10,10", "-3", "2.5"]))
+@pytest.mark.fast_first
+@pytest.mark.parametrize("text", ["0", "10,abc", "", "10,10", "-3", "2.5"])
 def test_bad_steps_raise(text):
     with pytest.raises(ValueError):
         common.parse_steps(text)

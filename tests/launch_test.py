@@ -141,6 +141,7 @@ def _shellcheck():
     return found or (str(local) if local.exists() else None)
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.name)
 def test_shellcheck(script):
     shellcheck = _shellcheck()

@@ -45,6 +45,7 @@ def solve(process, score, x, divergence="exact", key=1, **kwargs):
     return np.asarray(lp, np.float64), stats
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("dim", [2, 16])
 def test_gaussian_data_log_prob(dim):
     """Acceptance: within 1e-2 nats/dim of the exact log-density (diagonal covariance)."""

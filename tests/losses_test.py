@@ -119,6 +119,7 @@ def jitted_shift_kl(q, p, u, method="auto"):
 
 # -- shift_kl against numerical integration ----------------------------------------------
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("pair", CLOSED_PAIRS, ids=_pair_id)
 def test_closed_form_matches_quad_in_float64(pair):
     q, p = _laws(pair)
@@ -129,6 +130,7 @@ def test_closed_form_matches_quad_in_float64(pair):
     np.testing.assert_allclose(np.asarray(got), expected, rtol=0.0, atol=1e-5)
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("pair", CLOSED_PAIRS, ids=_pair_id)
 def test_closed_form_matches_quad_in_float32(pair):
     # ℓ is a sum of O(1) terms (|u|/b, H(q), E|z+u|/b ≤ 5): a few float32 roundings of
@@ -140,6 +142,7 @@ def test_closed_form_matches_quad_in_float32(pair):
     np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("pair", QUADRATURE_PAIRS, ids=_pair_id)
 def test_quadrature_matches_quad_in_float32(pair):
     q, p = _laws(pair)
@@ -149,6 +152,7 @@ def test_quadrature_matches_quad_in_float32(pair):
     np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=0.0, atol=1e-4)
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("pair", QUADRATURE_PAIRS, ids=_pair_id)
 def test_quadrature_gradient_matches_finite_difference(pair):
     # Central difference of the float64 quad reference: with h = 1e-4 the truncation
@@ -267,6 +271,7 @@ def test_unknown_method_is_refused():
 
 # -- shift_kl as a JAX function ----------------------------------------------------------
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("pair", [("uniform", "laplace"), ("gaussian", "logistic")],
                          ids=_pair_id)
 def test_shift_kl_under_jit_and_vmap(pair):
@@ -344,6 +349,7 @@ def test_step_loss_matches_hand_computation(q, p):
     np.testing.assert_allclose(np.asarray(got), full - 4 * penalty, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("q, p", [("uniform", "laplace"), ("uniform", "gaussian"),
                                   ("laplace", "laplace"), ("logistic", "gaussian")])
 def test_step_loss_of_perfect_model_is_the_penalty(q, p):

@@ -29,6 +29,7 @@ def test_law_specs_and_process_parameters_train_a_toy_from_the_command_line(tmp_
     assert "resumed" not in result.stderr
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("args, message", [
     (["--config.loss.q=cauchy"], "nnd: config.loss.q: unknown increment law 'cauchy'"),
     (["--config.process.params.sigma_max=80"], "nnd: config.process: process 'vp' got unexpected"),

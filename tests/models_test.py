@@ -104,6 +104,7 @@ def test_sinusoidal_embedding_rows_are_distinct_and_odd_dim_is_refused():
 # networks
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("name", _cases(*TINY))
 def test_output_has_input_shape_and_is_zero_at_init(name):
     _, params, x, t, apply = _setup(name)
@@ -112,6 +113,7 @@ def test_output_has_input_shape_and_is_zero_at_init(name):
     np.testing.assert_array_equal(np.asarray(out), 0.0)
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("name", _cases(*TINY))
 def test_output_depends_on_x_and_is_per_example_once_trained(name):
     _, params, x, t, apply = _setup(name)
@@ -153,6 +155,7 @@ def test_unet_has_attention_where_asked():
     assert sum(n.startswith("AttnBlock") for n in params8["params"]) == 1
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("name", _cases(*TINY))
 def test_jit_matches_eager(name):
     model, params, x, t, _ = _setup(name)

@@ -8,6 +8,7 @@ import pytest
 from nnd import increments, likelihood, losses, oracles, processes, walks
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("make_key", [jax.random.PRNGKey, jax.random.key], ids=["PRNGKey", "key"])
 def test_spec_section_7_surface(make_key):
     law = increments.get("student_t", df=5.0)

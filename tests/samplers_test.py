@@ -27,6 +27,7 @@ def draw(setup, sampler, law="gaussian", **kwargs):
     return np.asarray(x), int(nfe)
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("sampler,law,kwargs", [
     ("ode", "gaussian", dict(num_steps=1, rtol=1e-5, atol=1e-5)),
     ("heun", "gaussian", dict(num_steps=50)),

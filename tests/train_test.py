@@ -32,6 +32,7 @@ def _params(state):
     return [np.asarray(x) for x in jax.tree.leaves(state.params)]
 
 
+@pytest.mark.plumbing
 def test_train_writes_metrics_and_checkpoints(tmp_path):
     state = train.train(_tiny_config(), str(tmp_path))
     assert int(state.step) == 6
@@ -53,6 +54,7 @@ def test_train_writes_metrics_and_checkpoints(tmp_path):
                                [r["loss"] for r in records], rtol=1e-6)
 
 
+@pytest.mark.plumbing
 def test_resume_matches_uninterrupted_run(tmp_path):
     straight = train.train(_tiny_config(6), str(tmp_path / "straight"))
     train.train(_tiny_config(3), str(tmp_path / "resumed"))
@@ -62,6 +64,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.plumbing
 def test_sample_mode_writes_samples_and_picture(tmp_path):
     config = _tiny_config()
     train.train(config, str(tmp_path))
@@ -160,6 +163,7 @@ def _tiny_image_config(module, num_steps):
     return config
 
 
+@pytest.mark.plumbing
 @pytest.mark.slow
 @pytest.mark.parametrize("row", ["gaussian", "laplace", "uniform", "uniform_laplace"])
 def test_cifar_configs_train_checkpoint_and_resume_on_mock_data(tmp_path, row):
@@ -178,6 +182,7 @@ def test_cifar_configs_train_checkpoint_and_resume_on_mock_data(tmp_path, row):
     assert len(losses) == 4 and np.all(np.isfinite(losses))
 
 
+@pytest.mark.plumbing
 @pytest.mark.slow
 def test_unet_option_trains_on_mock_cifar(tmp_path):
     import tensorflow_datasets as tfds
@@ -213,6 +218,7 @@ def test_digits_laplace_loss_falls_and_writes_a_sample_grid(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.plumbing
 def test_uniform_gaussian_trains_exactly_like_gaussian_gaussian(tmp_path):
     # SPEC §4 (i): with p = gaussian the loss differs only by the constant l(0), so the
     # gradients, and hence the parameters, are those of gaussian/gaussian.

@@ -58,6 +58,7 @@ def theorem_limits(process):
 
 # -- Theorem 3.1: moments --------------------------------------------------------------------
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("name", NAMES)
 def test_moments_converge_like_one_over_k(name):
     p = processes.get(name)
@@ -76,6 +77,7 @@ def test_moments_converge_like_one_over_k(name):
         assert 5.0 < err_m[0] / err_m[1] < 20.0
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("name", NAMES)
 def test_moments_match_weights(name):
     """m_K and v_K equal Π(1 + f_kΔt) and Σ w_j² computed here in float64."""
@@ -94,6 +96,7 @@ def test_moments_reject_bad_num_steps():
 
 # -- forward walk ----------------------------------------------------------------------------
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("name", NAMES)
 def test_forward_step_is_eq8(name):
     """Each forward step is x + f(t_k) x Δt + g(t_k)√Δt z_k: Rademacher z_k come back as ±1."""
@@ -114,6 +117,7 @@ def test_forward_step_is_eq8(name):
         assert 0 < np.sum(z > 0) < z.size
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("law_name", ["laplace", "uniform", "rademacher"])
 def test_forward_mean_and_variance(name, law_name):
