@@ -28,11 +28,10 @@ import functools
 import logging
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-import flax.linen as nn
 
 from nnd import ode, walks
 from nnd import processes as processes_lib
@@ -86,8 +85,8 @@ def _per_example_norm(v):
 
 
 def predictor_corrector(process: Process, law: Law, score_fn: ScoreFn, key: jax.Array, shape, *,
-                        num_steps: int, snr: float = 0.16,
-                        corrector_steps: int = 1, denoise: bool = True, dtype=jnp.float32):
+                        num_steps: int, snr: float = 0.16, corrector_steps: int = 1,
+                        denoise: bool = True, dtype=jnp.float32):
     """Reverse-walk predictor with a Langevin corrector whose noise is ``law``; returns (x, nfe).
 
     At t_{k+1}, ``corrector_steps`` times: ``x ← x + ε s + √(2ε) z`` with
@@ -128,8 +127,8 @@ def predictor_corrector(process: Process, law: Law, score_fn: ScoreFn, key: jax.
 
 
 def pf_ode(process: Process, score_fn: ScoreFn, key: jax.Array, shape, *, solver: str = "ode",
-           num_steps: int = 100,
-           rtol: float = 1e-5, atol: float = 1e-5, denoise: bool = True, dtype=jnp.float32):
+           num_steps: int = 100, rtol: float = 1e-5, atol: float = 1e-5, denoise: bool = True,
+           dtype=jnp.float32):
     """Integrates eq. (6) from a prior draw at t = 1 down to t_eps; returns (x, nfe).
 
     ``solver`` is ``ode`` (adaptive Dormand–Prince, ``rtol``/``atol``) or
@@ -149,8 +148,7 @@ def pf_ode(process: Process, score_fn: ScoreFn, key: jax.Array, shape, *, solver
 
 
 def sample(sampler: str, process: Process, law: Law, score_fn: ScoreFn, key: jax.Array, shape, *,
-           num_steps: int,
-           denoise: bool = True, snr: float = 0.16, corrector_steps: int = 1,
+           num_steps: int, denoise: bool = True, snr: float = 0.16, corrector_steps: int = 1,
            rtol: float = 1e-3, atol: float = 1e-3, dtype=jnp.float32):
     """Dispatches on ``sampler`` (one of :data:`SAMPLERS`); returns (samples, nfe).
 
@@ -194,8 +192,7 @@ def _apply(model, params, x, t_B):
 
 
 def draw(model: nn.Module, params, process: Process, law: Law, settings: Settings,
-         example_shape: tuple,
-         num_samples: int, key, *, progress_every: float = 30.0):
+         example_shape: tuple, num_samples: int, key: jax.Array, *, progress_every: float = 30.0):
     """(samples [N, *example_shape] on the host, mean NFE per sample) from an ε-network.
 
     Drawn ``settings.batch_size`` at a time with the cached :func:`compiled`

@@ -22,7 +22,8 @@ from nnd import processes as processes_lib
 __all__ = ["forward_step", "reverse_step", "forward", "reverse", "moments", "tweedie_denoise"]
 
 
-def forward_step(process: processes_lib.Process, x: jax.Array, z: jax.Array, t, dt: float) -> jax.Array:
+def forward_step(process: processes_lib.Process, x: jax.Array, z: jax.Array, t,
+                 dt: float) -> jax.Array:
     r"""One forward step of the structured random walk, eq. (8), from t to t + Δt.
 
     .. math::  x_{k+1} = x_k + f(t_k)\, x_k \Delta t + g(t_k)\sqrt{\Delta t}\, z_k,
