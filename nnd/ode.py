@@ -152,7 +152,9 @@ def dopri5(fn, y0, t0: float, t1: float, *, rtol: float = 1e-5, atol: float = 1e
         t = jnp.where(ok & (direction * (t1 - t) <= 1e-7 * span), t1, t)
         y = jax.tree.map(lambda a, b: jnp.where(ok, a, b), y_new, y)
         k_first = jax.tree.map(lambda a, b: jnp.where(ok, a, b), ks[6], k_first)
-        return (t, y, k_first, h_abs * factor, nfe_ + 6, accepted + ok.astype(jnp.int32),
+        # The step size stays float32 whatever the state's dtype (float64 under x64).
+        h_abs = (h_abs * factor).astype(jnp.float32)
+        return (t, y, k_first, h_abs, nfe_ + 6, accepted + ok.astype(jnp.int32),
                 rejected + (~ok).astype(jnp.int32))
 
     zero = jnp.zeros((), jnp.int32)

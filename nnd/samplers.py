@@ -89,11 +89,13 @@ def predictor_corrector(process: Process, law: Law, score_fn: ScoreFn, key: jax.
                         denoise: bool = True, dtype=jnp.float32):
     """Reverse-walk predictor with a Langevin corrector whose noise is ``law``; returns (x, nfe).
 
-    At t_{k+1}, ``corrector_steps`` times: ``x ← x + ε s + √(2ε) z`` with
-    ``ε = 2 (snr mean‖z‖ / mean‖s‖)²``, the norms averaged over the batch (a
+    At t = t_{k+1}, ``corrector_steps`` times: ``x ← x + ε s + √(2ε) z`` with
+    ``ε = 2 a_k (snr mean‖z‖ / mean‖s‖)²``, the norms averaged over the batch (a
     per-example ratio blows up in low dimension where ‖s‖ vanishes at a mode's
-    centre); then the eq. (8) step to t_k (:func:`nnd.walks.reverse_step`) with
-    increments from ``law``.
+    centre), and ``a_k = (α(t_{k+1}) / α(t_k))²``, the signal kept by one forward
+    step: score_sde's α_i = 1 - β_iΔt for vp and sub-vp to first order in Δt, and 1
+    for ve (Song et al. 2021, Alg. 5); then the eq. (8) step to t_k
+    (:func:`nnd.walks.reverse_step`) with increments from ``law``.
     """
     num_steps = processes_lib.check_num_steps(num_steps)
     if snr <= 0:
@@ -109,11 +111,12 @@ def predictor_corrector(process: Process, law: Law, score_fn: ScoreFn, key: jax.
     def step(x, inputs):
         k, t = inputs
         t_B = jnp.full((shape[0],), t, jnp.float32)
+        signal_kept = jnp.exp(2.0 * (process.log_alpha(t) - process.log_alpha(t - dt)))
         for j in range(corrector_steps):
             s = score_fn(x, t_B).astype(dtype)
             z = law.sample(jax.random.fold_in(jax.random.fold_in(key_corr, k), j), shape, dtype)
             ratio = jnp.mean(_per_example_norm(z)) / jnp.maximum(jnp.mean(_per_example_norm(s)), 1e-12)
-            eps = (2.0 * jnp.square(snr * ratio)).astype(dtype)
+            eps = (2.0 * signal_kept * jnp.square(snr * ratio)).astype(dtype)
             x = x + eps * s + jnp.sqrt(2.0 * eps) * z
         s = score_fn(x, t_B).astype(dtype)
         z = law.sample(jax.random.fold_in(key_pred, k), shape, dtype)

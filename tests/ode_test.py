@@ -77,3 +77,19 @@ def test_heun_is_second_order():
 def test_heun_rejects_zero_steps():
     with pytest.raises(ValueError, match="num_steps"):
         ode.heun(linear([1.0]), jnp.ones((1, 1)), 0.0, 1.0, 0)
+
+
+def test_dopri5_keeps_a_float64_state_under_x64():
+    previous = jax.config.read("jax_enable_x64")
+    jax.config.update("jax_enable_x64", True)
+    try:
+        rates = np.array([-1.0, 0.5])
+        y0 = jnp.ones((2, 3), jnp.float64)
+        fn = lambda y, t: jnp.asarray(rates, jnp.float64)[:, None] * y  # noqa: E731
+        y1, stats = jax.jit(lambda y: ode.dopri5(fn, y, 0.0, 1.0, rtol=1e-10, atol=1e-10))(y0)
+        assert y1.dtype == jnp.float64 and bool(stats.finished)
+        # Time and step size stay float32: their rounding (~6e-8 per step) bounds the error.
+        np.testing.assert_allclose(np.asarray(y1), np.exp(rates)[:, None] * np.ones((2, 3)),
+                                   rtol=1e-6)
+    finally:
+        jax.config.update("jax_enable_x64", previous)

@@ -139,3 +139,29 @@ def test_draw_compiles_once_per_shape_and_reuses_it_for_new_parameters():
     info = samplers.compiled.cache_info()
     assert info.misses == 1 and info.hits == 1
     assert samplers.compiled(model, process, law, (16, 2), settings)._cache_size() == 1
+
+
+def test_corrector_step_size_carries_the_signal_kept_by_one_step(setup):
+    # ε = 2 a_k (snr mean‖z‖/mean‖s‖)² with a_k = (α(t_{k+1})/α(t_k))² (score_sde's α_i for vp).
+    from nnd import walks  # noqa: PLC0415
+
+    process, score, _ = setup
+    law, key, snr, K = increments.get("laplace"), jax.random.key(5), 0.3, 4
+    x, _ = samplers.predictor_corrector(process, law, score, key, (N, 2), num_steps=K, snr=snr,
+                                        corrector_steps=1, denoise=False)
+    key_prior, key_pred, key_corr = jax.random.split(key, 3)
+    y = process.prior_sample(key_prior, (N, 2))
+    t_grid, dt = processes.time_grid(process, K)
+    norm = lambda v: np.mean(np.linalg.norm(np.asarray(v), axis=1))  # noqa: E731
+    for k in reversed(range(K)):
+        t = float(t_grid[k + 1])
+        t_B = jnp.full((N,), t, jnp.float32)
+        a_k = float(process.alpha(t) / process.alpha(t - dt)) ** 2
+        assert a_k < 1.0
+        s = score(y, t_B)
+        z = law.sample(jax.random.fold_in(jax.random.fold_in(key_corr, k), 0), (N, 2))
+        eps = 2.0 * a_k * (snr * norm(z) / norm(s)) ** 2
+        y = y + eps * s + np.sqrt(2.0 * eps) * z
+        z = law.sample(jax.random.fold_in(key_pred, k), (N, 2))
+        y = walks.reverse_step(process, y, score(y, t_B), z, t_grid[k + 1], dt)
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-4)
