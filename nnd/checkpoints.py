@@ -156,31 +156,41 @@ def check_workdir(workdir: str, state=None, keep: int = 1) -> None:
 
 
 class Preemption:
-    """SIGTERM (a preemption notice) sets a flag the loop checks after every step.
+    """SIGTERM (a preemption notice) or Ctrl-C (SIGINT) sets a flag the loop checks after every step.
 
-    With several processes the Python handler is not installed: JAX's preemption
-    sync point (its own SIGTERM notifier) makes every host stop at the same step.
-    If that service is missing, the per-process handler is the fallback (logged:
-    hosts may then stop at different steps). The previous handler is restored on close.
+    The loop then checkpoints the current step and returns. A second Ctrl-C stops at
+    once (KeyboardInterrupt, no checkpoint). With several processes no Python handler
+    is installed: JAX's preemption sync point (its own SIGTERM notifier) makes every
+    host stop at the same step, and Ctrl-C keeps its default. If that service is missing, the
+    per-process handler is the fallback (logged: hosts may then stop at different
+    steps). The previous handlers are restored on close.
     """
 
     def __init__(self):
-        self.requested = False
-        self._previous = None
+        self.requested = None  # the name of the signal that asked to stop
+        self._previous = {}
         self._sync = jax.process_count() > 1
-        if not self._sync:
-            self._install()
+        if not self._sync:  # several hosts: Ctrl-C keeps its default (one host cannot stop alone)
+            self._install(signal.SIGINT)
+            self._install(signal.SIGTERM)
 
-    def _install(self):
+    def _install(self, signum):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous[signum] = signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: checkpointing after the current step, then exiting")
-        self.requested = True
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT and self.requested == "SIGINT":
+            raise KeyboardInterrupt("second Ctrl-C: stopped without a checkpoint")
+        if signum == signal.SIGINT:
+            logging.warning("Ctrl-C: checkpointing after the current step, then exiting "
+                            "(press Ctrl-C again to stop at once)")
+        else:
+            logging.warning("%s received: checkpointing after the current step, then exiting", name)
+        self.requested = name
 
     def reached(self, step: int) -> bool:
-        if self._sync:
+        if self._sync and self.requested is None:
             from jax.experimental import multihost_utils  # noqa: PLC0415
 
             try:
@@ -189,9 +199,10 @@ class Preemption:
                 logging.warning("no preemption sync point (%s): SIGTERM is handled per process, "
                                 "so hosts may stop at different steps", err)
                 self._sync = False
-                self._install()
-        return self.requested
+                self._install(signal.SIGTERM)
+        return self.requested is not None
 
     def close(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}

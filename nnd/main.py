@@ -3,6 +3,7 @@
 Flags and logging only; the work is in :mod:`nnd.train` and :mod:`nnd.evaluate`.
 """
 
+import logging as py_logging
 import os
 import sys
 
@@ -73,14 +74,25 @@ def initialize_distributed(env=None) -> bool:
     return True
 
 
+class _QuietLibraries(py_logging.Filter):
+    """Drops INFO lines of orbax (about 40 per checkpoint) and asyncio unless --verbosity >= 1."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        if record.levelno >= py_logging.WARNING or FLAGS.verbosity >= 1:
+            return True
+        return not any(part in record.pathname for part in ("/orbax/", "/asyncio/"))
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     initialize_distributed()
-    if jax.process_index() == 0:
-        logging.set_verbosity(logging.INFO)
-    else:
-        logging.set_verbosity(logging.WARNING)
+    if FLAGS.verbosity < 1:  # the user did not ask for more than INFO
+        if jax.process_index() == 0:
+            logging.set_verbosity(logging.INFO)
+        else:
+            logging.set_verbosity(logging.WARNING)
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     logging.info("devices: %s", jax.devices())
     run = {"train": train.train, "eval": evaluate.evaluate, "sample": evaluate.sample}[FLAGS.mode]
     try:

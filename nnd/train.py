@@ -276,6 +276,7 @@ def train(config, workdir: str, *, batches=None, mesh=None) -> TrainState:
     FloatingPointError naming the step (no checkpoint is written after it) unless
     ``train.skip_nonfinite``, which skips such steps and counts them.
     """
+    started = time.time()
     checkpoints.check_workdir(workdir)
     batches = data.make_batches(config) if batches is None else batches
     run = build(config, workdir, batches=batches, mesh=make_mesh() if mesh is None else mesh)
@@ -300,8 +301,9 @@ def train(config, workdir: str, *, batches=None, mesh=None) -> TrainState:
                 checkpoints.save(manager, step + 1, state, force=preempted)
             if preempted:
                 manager.wait_until_finished()
-                logging.warning("preempted: checkpoint of step %d saved in %s; rerun the same "
-                                "command to resume", step + 1, manager.directory)
+                what = "interrupted (Ctrl-C)" if preemption.requested == "SIGINT" else "preempted"
+                logging.warning("%s: checkpoint of step %d saved in %s; rerun the same command "
+                                "to resume", what, step + 1, manager.directory)
                 break
             if config.train.sample_every and (step + 1) % config.train.sample_every == 0:
                 _progress_picture(run, config, state.ema_params, step + 1, workdir)
@@ -310,4 +312,9 @@ def train(config, workdir: str, *, batches=None, mesh=None) -> TrainState:
         preemption.close()
         manager.wait_until_finished()
         writer.close()
+    loss = f"{late.last_loss:.4f}" if late.last_loss is not None else "not logged"
+    logging.info("done: step %d of %d in %.0f s (this run: %d steps), last logged loss %s; "
+                 "checkpoints in %s, metrics in %s", int(state.step), total,
+                 time.time() - started, int(state.step) - start, loss, manager.directory,
+                 os.path.join(workdir, "metrics.jsonl"))
     return state

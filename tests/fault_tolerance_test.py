@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from nnd import data, defaults, train
+from nnd import checkpoints, data, defaults, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = 1500
@@ -196,3 +196,32 @@ def test_full_disk_is_refused_before_training(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="MiB free"):
         train.train(_config(num_steps=2), str(tmp_path))
     assert not (tmp_path / "checkpoints" / "2").exists()
+
+
+def test_ctrl_c_asks_to_stop_and_a_second_ctrl_c_stops_at_once():
+    before = signal.getsignal(signal.SIGINT)
+    preemption = checkpoints.Preemption()
+    try:
+        assert not preemption.reached(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert preemption.reached(2) and preemption.requested == "SIGINT"
+        with pytest.raises(KeyboardInterrupt, match="second Ctrl-C"):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        preemption.close()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_the_current_step_exits_zero_and_resume_is_identical(tmp_path,
+                                                                                 uninterrupted):
+    proc = _start_child(tmp_path)
+    _wait_for_steps(proc, tmp_path, 120)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "interrupted (Ctrl-C): checkpoint of step" in err and "Traceback" not in err
+    stopped = int(out.split("final step")[1])
+    assert 120 <= stopped < TOTAL and _checkpoints(tmp_path)[-1] == stopped
+    resumed = train.train(_config(), str(tmp_path))
+    _assert_same(resumed, uninterrupted)

@@ -27,6 +27,10 @@ def test_law_specs_and_process_parameters_train_a_toy_from_the_command_line(tmp_
     assert [r["step"] for r in records] == [2, 4]
     assert os.listdir(tmp_path / "checkpoints") == ["4"]
     assert "resumed" not in result.stderr
+    # Quiet logs: no orbax INFO lines (about 40 per checkpoint otherwise), one closing line.
+    lines = result.stderr.splitlines()
+    assert not [line for line in lines if "orbax" in line or "checkpoint_manager.py" in line]
+    assert len([line for line in lines if "] done: step 4 of 4" in line]) == 1
 
 
 @pytest.mark.fast_first
