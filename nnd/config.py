@@ -13,7 +13,7 @@ import os
 
 import flax.linen as nn
 
-from nnd import data, increments, likelihood, losses, models, processes, samplers
+from nnd import data, increments, likelihood, losses, models, processes, samplers, walks
 
 __all__ = ["ConfigError", "Experiment", "resolve", "DATASETS"]
 
@@ -81,7 +81,13 @@ def _positive_float(section, name: str, field: str):
 def _check_sampling(s):
     if s.sampler not in samplers.SAMPLERS:
         raise ConfigError(f"config.sampling.sampler: unknown sampler {s.sampler!r}; choose one of "
-                         f"{samplers.SAMPLERS}")
+                          f"{samplers.SAMPLERS}")
+    if s.scheme not in walks.SCHEMES:
+        raise ConfigError(f"config.sampling.scheme: unknown scheme {s.scheme!r}; choose one of "
+                          f"{walks.SCHEMES}")
+    if s.grid not in processes.GRIDS:
+        raise ConfigError(f"config.sampling.grid: unknown grid {s.grid!r}; choose one of "
+                          f"{processes.GRIDS}")
     for field in ("num_samples", "batch_size"):
         _positive_int(s, "sampling", field)
     _positive_int(s, "sampling", "corrector_steps", minimum=0)
@@ -173,7 +179,8 @@ def resolve(config, num_devices: int = 1) -> Experiment:
     if not 0.0 <= config.optim.ema_decay < 1.0:
         raise ConfigError(f"config.optim.ema_decay: must be in [0, 1), got {config.optim.ema_decay}")
     s = config.sampling
-    sampling = samplers.Settings(sampler=s.sampler, num_steps=s.num_steps, denoise=bool(s.denoise),
+    sampling = samplers.Settings(sampler=s.sampler, scheme=s.scheme, grid=s.grid,
+                                 num_steps=s.num_steps, denoise=bool(s.denoise),
                                  snr=float(s.snr), corrector_steps=s.corrector_steps,
                                  rtol=float(s.rtol), atol=float(s.atol), batch_size=s.batch_size)
     return Experiment(process, q, p, sampling_law, num_steps, model, sampling)

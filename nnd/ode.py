@@ -45,20 +45,29 @@ def _axpy(y, h, *terms):
     return jax.tree.map(combine, y, *[k for _, k in terms])
 
 
-def heun(fn, y0, t0: float, t1: float, num_steps: int):
-    """Heun's method (explicit trapezoid, order 2) with ``num_steps`` equal steps; NFE = 2·steps."""
+def heun(fn, y0, t0: float, t1: float, num_steps: int, *, times=None):
+    """Heun's method (explicit trapezoid, order 2) from t0 to t1; NFE = 2·steps.
+
+    ``num_steps`` equal steps, or the steps between consecutive entries of ``times``
+    (num_steps + 1 values from t0 to t1, e.g. a grid uniform in log-SNR).
+    """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    h = (t1 - t0) / num_steps
-    ts = t0 + h * jnp.arange(num_steps, dtype=jnp.float32)
+    if times is None:
+        times = t0 + (t1 - t0) / num_steps * jnp.arange(num_steps + 1, dtype=jnp.float32)
+    times = jnp.asarray(times, jnp.float32)
+    if times.shape != (num_steps + 1,):
+        raise ValueError(f"times must hold num_steps + 1 = {num_steps + 1} values, got {times.shape}")
 
-    def step(y, t):
+    def step(y, t_pair):
+        t, t_next = t_pair
+        h = t_next - t
         k1 = fn(y, t)
         y_pred = _axpy(y, h, (1.0, k1))
-        k2 = fn(y_pred, t + h)
+        k2 = fn(y_pred, t_next)
         return _axpy(y, h, (0.5, k1), (0.5, k2)), None
 
-    y1, _ = jax.lax.scan(step, y0, ts)
+    y1, _ = jax.lax.scan(step, y0, (times[:-1], times[1:]))
     n = jnp.asarray(num_steps, jnp.int32)
     return y1, Stats(nfe=2 * n, accepted=n, rejected=jnp.zeros((), jnp.int32),
                      finished=jnp.asarray(True))

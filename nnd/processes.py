@@ -31,6 +31,7 @@ import numpy as np
 
 __all__ = [
     "Process", "VP", "SubVP", "VE", "VDM", "PROCESSES", "get", "param_names", "time_grid",
+    "GRIDS", "sampling_grid",
     "check_num_steps", "per_example", "reverse_drift", "pf_ode_drift", "score_fn_from_eps",
     "eps_fn_from_score", "ScoreFn", "EpsFn",
 ]
@@ -74,6 +75,10 @@ class Process:
 
     def sigma2(self, t):
         return jnp.exp(self.log_sigma2(t))
+
+    def log_snr(self, t):
+        """λ(t) = log(alpha² / sigma²), decreasing in t (the ancestral step and the λ grid)."""
+        return 2.0 * self.log_alpha(t) - self.log_sigma2(t)
 
     def _derivatives(self, t):
         t = jnp.asarray(t, dtype=jnp.result_type(float))
@@ -280,6 +285,38 @@ def time_grid(process: Process, num_steps: int):
     dt = (1.0 - process.t_eps) / num_steps
     t = process.t_eps + dt * np.arange(num_steps + 1, dtype=np.float64)
     return jnp.asarray(t, jnp.float32), dt
+
+
+#: Sampling grids: ``t`` uniform in time (the paper's, SPEC §3), ``lambda`` uniform in log-SNR.
+GRIDS = ("t", "lambda")
+
+
+def sampling_grid(process: Process, num_steps: int, kind: str = "t") -> jax.Array:
+    """The K + 1 times t_0 = t_eps < ... < t_K = 1 a sampler steps through (SPEC §3).
+
+    ``t``: the training grid of :func:`time_grid`. ``lambda``: equal steps in
+    λ(t) = log(alpha²/sigma²) between λ(t_eps) and λ(1), found by bisection on the
+    host (λ is monotone); for ``ve`` λ is linear in t and both grids agree.
+    """
+    num_steps = check_num_steps(num_steps)
+    if kind == "t":
+        return time_grid(process, num_steps)[0]
+    if kind != "lambda":
+        raise ValueError(f"unknown grid {kind!r}; choose one of {GRIDS}")
+    def lam(t):  # evaluated eagerly even inside jit: the grid is a constant of the program
+        with jax.ensure_compile_time_eval():
+            return np.asarray(process.log_snr(jnp.asarray(t, jnp.float32)), np.float64)
+
+    lo_t, hi_t = process.t_eps, 1.0
+    targets = np.linspace(lam(lo_t), lam(hi_t), num_steps + 1)
+    lo, hi = np.full_like(targets, lo_t), np.full_like(targets, hi_t)
+    for _ in range(60):  # λ decreases in t: move lo up where λ(mid) is still above the target
+        mid = 0.5 * (lo + hi)
+        above = lam(mid) > targets
+        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+    t = 0.5 * (lo + hi)
+    t[0], t[-1] = lo_t, hi_t
+    return jnp.asarray(t, jnp.float32)
 
 
 def per_example(v_B: jax.Array, x: jax.Array) -> jax.Array:

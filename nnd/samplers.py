@@ -50,6 +50,8 @@ class Settings:
     """How to sample (the ``sampling`` section of a config, typed): hashable, so static under jit."""
 
     sampler: str = "walk"
+    scheme: str = "euler"  # reverse step of walk and pc: euler | ancestral | analytic (walks.SCHEMES)
+    grid: str = "t"  # time grid of walk, pc and heun: t | lambda (processes.GRIDS)
     num_steps: int = 300
     denoise: bool = True
     snr: float = 0.16
@@ -74,9 +76,11 @@ def pf_ode_field(process: Process, score_fn: ScoreFn):
 
 
 def reverse_walk(process: Process, law: Law, score_fn: ScoreFn, key: jax.Array, shape, *,
-                 num_steps: int, denoise: bool = True, dtype=jnp.float32):
-    """The reverse walk of eq. (8) with increments from ``law``; returns (x, nfe)."""
-    x = walks.reverse(process, law, score_fn, key, shape, num_steps, denoise=denoise, dtype=dtype)
+                 num_steps: int, denoise: bool = True, scheme: str = "euler", grid: str = "t",
+                 dtype=jnp.float32):
+    """The reverse walk (:func:`nnd.walks.reverse`) with increments from ``law``; returns (x, nfe)."""
+    x = walks.reverse(process, law, score_fn, key, shape, num_steps, denoise=denoise, scheme=scheme,
+                      grid=grid, dtype=dtype)
     return x, jnp.asarray(num_steps + int(denoise), jnp.int32)
 
 
@@ -86,7 +90,8 @@ def _per_example_norm(v):
 
 def predictor_corrector(process: Process, law: Law, score_fn: ScoreFn, key: jax.Array, shape, *,
                         num_steps: int, snr: float = 0.16, corrector_steps: int = 1,
-                        denoise: bool = True, dtype=jnp.float32):
+                        denoise: bool = True, scheme: str = "euler", grid: str = "t",
+                        dtype=jnp.float32):
     """Reverse-walk predictor with a Langevin corrector whose noise is ``law``; returns (x, nfe).
 
     At t = t_{k+1}, ``corrector_steps`` times: ``x ← x + ε s + √(2ε) z`` with
@@ -94,8 +99,9 @@ def predictor_corrector(process: Process, law: Law, score_fn: ScoreFn, key: jax.
     per-example ratio blows up in low dimension where ‖s‖ vanishes at a mode's
     centre), and ``a_k = (α(t_{k+1}) / α(t_k))²``, the signal kept by one forward
     step: score_sde's α_i = 1 - β_iΔt for vp and sub-vp to first order in Δt, and 1
-    for ve (Song et al. 2021, Alg. 5); then the eq. (8) step to t_k
-    (:func:`nnd.walks.reverse_step`) with increments from ``law``.
+    for ve (Song et al. 2021, Alg. 5); then the reverse step to t_k of ``scheme``
+    (:func:`nnd.walks.reverse_update`; eq. 8 for ``euler``) with increments from
+    ``law``, on the times of ``grid`` (:func:`nnd.processes.sampling_grid`).
     """
     num_steps = processes_lib.check_num_steps(num_steps)
     if snr <= 0:
@@ -103,15 +109,14 @@ def predictor_corrector(process: Process, law: Law, score_fn: ScoreFn, key: jax.
     if corrector_steps < 0:
         raise ValueError(f"corrector_steps must be >= 0, got {corrector_steps}")
     shape = tuple(shape)
-    t_grid, dt = processes_lib.time_grid(process, num_steps)
-    t_K = t_grid[1:]
+    t_grid = processes_lib.sampling_grid(process, num_steps, grid)
     key_prior, key_pred, key_corr = jax.random.split(key, 3)
     x_init = process.prior_sample(key_prior, shape, dtype)
 
     def step(x, inputs):
-        k, t = inputs
+        k, t, t_down = inputs
         t_B = jnp.full((shape[0],), t, jnp.float32)
-        signal_kept = jnp.exp(2.0 * (process.log_alpha(t) - process.log_alpha(t - dt)))
+        signal_kept = jnp.exp(2.0 * (process.log_alpha(t) - process.log_alpha(t_down)))
         for j in range(corrector_steps):
             s = score_fn(x, t_B).astype(dtype)
             z = law.sample(jax.random.fold_in(jax.random.fold_in(key_corr, k), j), shape, dtype)
@@ -120,9 +125,10 @@ def predictor_corrector(process: Process, law: Law, score_fn: ScoreFn, key: jax.
             x = x + eps * s + jnp.sqrt(2.0 * eps) * z
         s = score_fn(x, t_B).astype(dtype)
         z = law.sample(jax.random.fold_in(key_pred, k), shape, dtype)
-        return walks.reverse_step(process, x, s, z, t, dt), None
+        return walks.reverse_update(process, scheme, x, s, z, t, t_down), None
 
-    x, _ = jax.lax.scan(step, x_init, (jnp.arange(num_steps), t_K), reverse=True)
+    x, _ = jax.lax.scan(step, x_init, (jnp.arange(num_steps), t_grid[1:], t_grid[:-1]),
+                        reverse=True)
     if denoise:
         x = walks.tweedie_denoise(process, score_fn, x, process.t_eps)
     nfe = num_steps * (1 + corrector_steps) + int(denoise)
@@ -131,18 +137,20 @@ def predictor_corrector(process: Process, law: Law, score_fn: ScoreFn, key: jax.
 
 def pf_ode(process: Process, score_fn: ScoreFn, key: jax.Array, shape, *, solver: str = "ode",
            num_steps: int = 100, rtol: float = 1e-5, atol: float = 1e-5, denoise: bool = True,
-           dtype=jnp.float32):
+           grid: str = "t", dtype=jnp.float32):
     """Integrates eq. (6) from a prior draw at t = 1 down to t_eps; returns (x, nfe).
 
     ``solver`` is ``ode`` (adaptive Dormand–Prince, ``rtol``/``atol``) or
-    ``heun`` (``num_steps`` fixed steps). The only randomness is the prior draw.
+    ``heun`` (``num_steps`` fixed steps on the times of ``grid``). The only randomness
+    is the prior draw.
     """
     x1 = process.prior_sample(key, tuple(shape), dtype)
     drift = pf_ode_field(process, score_fn)
     if solver == "ode":
         x, stats = ode.dopri5(drift, x1, 1.0, process.t_eps, rtol=rtol, atol=atol)
     elif solver == "heun":
-        x, stats = ode.heun(drift, x1, 1.0, process.t_eps, num_steps)
+        times = processes_lib.sampling_grid(process, num_steps, grid)[::-1]
+        x, stats = ode.heun(drift, x1, 1.0, process.t_eps, num_steps, times=times)
     else:
         raise ValueError(f"ODE solver must be 'ode' or 'heun', got {solver!r}")
     if denoise:
@@ -152,7 +160,8 @@ def pf_ode(process: Process, score_fn: ScoreFn, key: jax.Array, shape, *, solver
 
 def sample(sampler: str, process: Process, law: Law, score_fn: ScoreFn, key: jax.Array, shape, *,
            num_steps: int, denoise: bool = True, snr: float = 0.16, corrector_steps: int = 1,
-           rtol: float = 1e-3, atol: float = 1e-3, dtype=jnp.float32):
+           rtol: float = 1e-3, atol: float = 1e-3, scheme: str = "euler", grid: str = "t",
+           dtype=jnp.float32):
     """Dispatches on ``sampler`` (one of :data:`SAMPLERS`); returns (samples, nfe).
 
     ``law`` is the increment law of the walk and corrector noise (unused by the
@@ -160,14 +169,14 @@ def sample(sampler: str, process: Process, law: Law, score_fn: ScoreFn, key: jax
     """
     if sampler == "walk":
         return reverse_walk(process, law, score_fn, key, shape, num_steps=num_steps,
-                            denoise=denoise, dtype=dtype)
+                            denoise=denoise, scheme=scheme, grid=grid, dtype=dtype)
     if sampler == "pc":
         return predictor_corrector(process, law, score_fn, key, shape, num_steps=num_steps,
                                    snr=snr, corrector_steps=corrector_steps, denoise=denoise,
-                                   dtype=dtype)
+                                   scheme=scheme, grid=grid, dtype=dtype)
     if sampler in ("ode", "heun"):
         return pf_ode(process, score_fn, key, shape, solver=sampler, num_steps=num_steps,
-                      rtol=rtol, atol=atol, denoise=denoise, dtype=dtype)
+                      rtol=rtol, atol=atol, denoise=denoise, grid=grid, dtype=dtype)
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
 
 
@@ -185,7 +194,7 @@ def compiled(model: nn.Module, process: Process, law: Law, shape: tuple, setting
         return sample(settings.sampler, process, law, score_fn, key, shape,
                       num_steps=settings.num_steps, denoise=settings.denoise, snr=settings.snr,
                       corrector_steps=settings.corrector_steps, rtol=settings.rtol,
-                      atol=settings.atol)
+                      atol=settings.atol, scheme=settings.scheme, grid=settings.grid)
 
     return jax.jit(draw_batch)
 

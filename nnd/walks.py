@@ -19,7 +19,13 @@ import jax.numpy as jnp
 from nnd import increments
 from nnd import processes as processes_lib
 
-__all__ = ["forward_step", "reverse_step", "forward", "reverse", "moments", "tweedie_denoise"]
+__all__ = ["SCHEMES", "forward_step", "reverse_step", "ancestral_step", "posterior_x0_variance",
+           "reverse_update", "forward", "reverse", "moments", "tweedie_denoise"]
+
+#: Reverse-step schemes (SPEC §3): ``euler`` (eq. 8), ``ancestral`` (the exact Gaussian
+#: posterior of the forward process, law-z noise) and ``analytic`` (ancestral with the
+#: variance of x_0 given x_t added, Analytic-DPM style, estimated from the model's ε).
+SCHEMES = ("euler", "ancestral", "analytic")
 
 
 def forward_step(process: processes_lib.Process, x: jax.Array, z: jax.Array, t,
@@ -45,7 +51,57 @@ def reverse_step(process: processes_lib.Process, x: jax.Array, score: jax.Array,
     """
     drift = processes_lib.reverse_drift(process, x, score, t)
     g = process.g(t)
-    return x - (dt * drift).astype(x.dtype) + (g * math.sqrt(dt)).astype(x.dtype) * z
+    return x - (dt * drift).astype(x.dtype) + (g * jnp.sqrt(dt)).astype(x.dtype) * z
+
+
+def ancestral_step(process: processes_lib.Process, x: jax.Array, eps: jax.Array, z: jax.Array,
+                   t, s, x0_variance=0.0) -> jax.Array:
+    r"""One reverse step from t down to s < t through the forward process's Gaussian posterior.
+
+    With λ = log(α²/σ²), r = -expm1(λ_t - λ_s) ∈ (0, 1) and x̂_0 = (x_t - σ_t ε)/α_t (SPEC §3):
+
+    .. math::  x_s = rac{lpha_s}{lpha_t}(1 - r)\, x_t + lpha_s r\, \hat x_0
+                     + \sqrt{\sigma_s^2 r + (lpha_s r)^2 v}\; z,
+
+    z standardised of any law; ``x0_variance`` v = Var[x_0 | x_t] per coordinate (0:
+    the plain ancestral step, which under-disperses where a step is long in λ; see
+    :func:`posterior_x0_variance`). ``t`` and ``s`` are scalars.
+    """
+    lam_t, lam_s = process.log_snr(t), process.log_snr(s)
+    r = -jnp.expm1(lam_t - lam_s)
+    alpha_t, alpha_s = process.alpha(t), process.alpha(s)
+    x0_hat = (x - process.sigma(t).astype(x.dtype) * eps) / alpha_t.astype(x.dtype)
+    mean = ((alpha_s / alpha_t) * (1.0 - r)).astype(x.dtype) * x + (alpha_s * r).astype(x.dtype) * x0_hat
+    std = jnp.sqrt(process.sigma2(s) * r + jnp.square(alpha_s * r) * x0_variance)
+    return mean + std.astype(x.dtype) * z
+
+
+def posterior_x0_variance(process: processes_lib.Process, eps: jax.Array, t) -> jax.Array:
+    r"""Var[x_0 | x_t] per coordinate, estimated from ε predictions of a batch at time t.
+
+    Since E ε² = 1, Var[ε | x_t] = 1 - E[E[ε | x_t]²], and x_0 = (x_t - σ ε)/α gives
+    (Analytic-DPM, Bao et al. 2022)
+
+    .. math::  \mathrm{Var}[x_0 \mid x_t] pprox rac{\sigma_t^2}{lpha_t^2}
+               \Big(1 - \overline{arepsilon_	heta^2}\Big)_+,
+
+    the mean of ε_θ² taken over the batch and coordinates (one value per step).
+    """
+    gamma = jnp.mean(jnp.square(eps.astype(jnp.float32)))
+    return process.sigma2(t) / jnp.square(process.alpha(t)) * jnp.maximum(1.0 - gamma, 0.0)
+
+
+def reverse_update(process: processes_lib.Process, scheme: str, x: jax.Array, score: jax.Array,
+                   z: jax.Array, t, s) -> jax.Array:
+    """x at s < t from x at t with the given scheme (:data:`SCHEMES`), the score at t and z."""
+    if scheme == "euler":
+        return reverse_step(process, x, score, z, t, t - s)
+    eps = -process.sigma(t).astype(x.dtype) * score
+    if scheme == "ancestral":
+        return ancestral_step(process, x, eps, z, t, s)
+    if scheme == "analytic":
+        return ancestral_step(process, x, eps, z, t, s, posterior_x0_variance(process, eps, t))
+    raise ValueError(f"unknown reverse scheme {scheme!r}; choose one of {SCHEMES}")
 
 
 def forward(process: processes_lib.Process, law: increments.Law, x0: jax.Array, key: jax.Array,
@@ -97,13 +153,17 @@ def tweedie_denoise(process: processes_lib.Process, score_fn: processes_lib.Scor
 
 def reverse(process: processes_lib.Process, law: increments.Law, score_fn: processes_lib.ScoreFn,
             key: jax.Array, shape: tuple[int, ...], num_steps: int, denoise: bool = True,
-            *, dtype=jnp.float32, return_path: bool = False):
+            *, scheme: str = "euler", grid: str = "t", dtype=jnp.float32, return_path: bool = False):
     """Runs the reverse structured random walk from the prior at t = 1 to t_eps.
 
-    Reverse step from t_{k+1} to t_k (f, g and the score at t_{k+1}), SPEC §3:
+    Reverse step from t_{k+1} to t_k with the score at t_{k+1} (SPEC §3); with the
+    default ``scheme="euler"`` it is eq. (8),
 
     .. math::  x_k = x_{k+1} - \\big[f x_{k+1} - g^2 s(x_{k+1}, t_{k+1})\\big]\\Delta t
-                     + g\\sqrt{\\Delta t}\\, z_k, \\qquad z_k \\sim \\text{law (any)}.
+                     + g\\sqrt{\\Delta t}\\, z_k, \\qquad z_k \\sim \\text{law (any)},
+
+    ``ancestral`` and ``analytic`` use :func:`ancestral_step` instead (all three tend to
+    the same SDE as Δt → 0, Theorem 3.3).
 
     Args:
       process: forward process; x_K is drawn from its prior.
@@ -113,6 +173,9 @@ def reverse(process: processes_lib.Process, law: increments.Law, score_fn: proce
       shape: sample shape [B, ...].
       num_steps: K ≥ 1.
       denoise: finish with the noise-free Tweedie step at t_eps.
+      scheme: ``euler``, ``ancestral`` or ``analytic`` (:data:`SCHEMES`).
+      grid: ``t`` (uniform in time) or ``lambda`` (uniform in log-SNR), see
+        :func:`nnd.processes.sampling_grid`.
       dtype: floating dtype of the samples.
       return_path: also return the path [K + 1, *shape], from t_K = 1 down to t_0.
 
@@ -120,20 +183,22 @@ def reverse(process: processes_lib.Process, law: increments.Law, score_fn: proce
       samples of the given shape (or (samples, path) if return_path).
     """
     num_steps = processes_lib.check_num_steps(num_steps)
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown reverse scheme {scheme!r}; choose one of {SCHEMES}")
     shape = tuple(shape)
-    t_grid, dt = processes_lib.time_grid(process, num_steps)
+    t_grid = processes_lib.sampling_grid(process, num_steps, grid)
     key_prior, key_steps = jax.random.split(key)
     x_init = process.prior_sample(key_prior, shape, dtype)
 
     def step(x, inputs):
-        k, t = inputs
-        s = score_fn(x, jnp.full((shape[0],), t, jnp.float32)).astype(dtype)
+        k, t, t_next_down = inputs
+        score = score_fn(x, jnp.full((shape[0],), t, jnp.float32)).astype(dtype)
         z = law.sample(jax.random.fold_in(key_steps, k), shape, dtype)
-        x = reverse_step(process, x, s, z, t, dt)
+        x = reverse_update(process, scheme, x, score, z, t, t_next_down)
         return x, (x if return_path else None)
 
     ks = jnp.arange(num_steps)
-    x, path = jax.lax.scan(step, x_init, (ks, t_grid[1:]), reverse=True)
+    x, path = jax.lax.scan(step, x_init, (ks, t_grid[1:], t_grid[:-1]), reverse=True)
     if denoise:
         x = tweedie_denoise(process, score_fn, x, process.t_eps)
     if return_path:

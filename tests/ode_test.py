@@ -93,3 +93,18 @@ def test_dopri5_keeps_a_float64_state_under_x64():
                                    rtol=1e-6)
     finally:
         jax.config.update("jax_enable_x64", previous)
+
+
+def test_heun_on_given_times_equals_equal_steps_and_integrates_a_nonuniform_grid():
+    fn = linear(np.array([-2.0, 1.0]))
+    y0 = jnp.ones((2, 3))
+    uniform, _ = ode.heun(fn, y0, 0.0, 1.0, 8)
+    given, stats = ode.heun(fn, y0, 0.0, 1.0, 8, times=jnp.linspace(0.0, 1.0, 9))
+    np.testing.assert_allclose(np.asarray(given), np.asarray(uniform), rtol=1e-6)
+    times = jnp.asarray(np.linspace(0.0, 1.0, 201) ** 2)  # steps shrinking towards t = 0
+    fine, stats = ode.heun(fn, y0, 0.0, 1.0, 200, times=times)
+    np.testing.assert_allclose(np.asarray(fine), np.exp([-2.0, 1.0])[:, None] * np.ones((2, 3)),
+                               rtol=1e-4)
+    assert int(stats.nfe) == 400
+    with pytest.raises(ValueError, match="num_steps \\+ 1"):
+        ode.heun(fn, y0, 0.0, 1.0, 8, times=jnp.linspace(0.0, 1.0, 8))

@@ -90,6 +90,8 @@ def test_sample_without_checkpoint_raises(tmp_path):
         ("loss.num_steps", 0, "config.loss.num_steps"),
         ("sampling.law", "normal", "config.sampling.law"),
         ("sampling.sampler", "euler", "config.sampling.sampler"),
+        ("sampling.scheme", "ddim", "config.sampling.scheme"),
+        ("sampling.grid", "karras", "config.sampling.grid"),
         ("sampling.snr", 0.0, "config.sampling.snr"),
         ("eval.divergence", "hutchinson", "config.eval.divergence"),
         ("eval.solver", "rk4", "config.eval.solver"),

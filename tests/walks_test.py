@@ -356,3 +356,86 @@ def test_forward_and_reverse_step_are_the_eq8_formulas():
                                x + f * x * dt + g * math.sqrt(dt) * z, rtol=1e-5)
     np.testing.assert_allclose(walks.reverse_step(p, x, s, z, t, dt),
                                x - (f * x - g * g * s) * dt + g * math.sqrt(dt) * z, rtol=1e-5)
+
+
+# -- reverse schemes and grids (SPEC §3) ---------------------------------------------------
+
+def test_ancestral_step_is_the_gaussian_posterior_of_the_forward_process():
+    p = processes.get("vp")
+    t, s = 0.6, 0.45
+    a_t, a_s = float(p.alpha(t)), float(p.alpha(s))
+    v_t, v_s = float(p.sigma2(t)), float(p.sigma2(s))
+    x0 = np.array([[0.4, -0.8]])
+    eps = np.array([[1.1, 0.3]])
+    x_t = a_t * x0 + np.sqrt(v_t) * eps
+    # q(x_s | x_t, x_0): the forward kernel s -> t is N(a x_s, w) with a = a_t/a_s, w = v_t - a² v_s.
+    a, w = a_t / a_s, v_t - (a_t / a_s) ** 2 * v_s
+    mean = (a * v_s / v_t) * x_t + (a_s * w / v_t) * x0
+    var = w * v_s / v_t
+    z = np.array([[0.7, -1.5]])
+    got = walks.ancestral_step(p, jnp.asarray(x_t, jnp.float32), jnp.asarray(eps, jnp.float32),
+                               jnp.asarray(z, jnp.float32), t, s)
+    np.testing.assert_allclose(np.asarray(got), mean + np.sqrt(var) * z, rtol=1e-4, atol=1e-5)
+    # a posterior variance of x_0 adds (α_s r)² v to the step's variance
+    r = w / v_t
+    got_v = walks.ancestral_step(p, jnp.asarray(x_t, jnp.float32), jnp.asarray(eps, jnp.float32),
+                                 jnp.asarray(z, jnp.float32), t, s, 0.3)
+    np.testing.assert_allclose(np.asarray(got_v), mean + np.sqrt(var + (a_s * r) ** 2 * 0.3) * z,
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("scheme, exact", [("analytic", True), ("ancestral", False)])
+def test_one_long_step_with_the_exact_score_keeps_gaussian_data_on_its_marginal(scheme, exact):
+    # Data N(0, v I): x_t ~ N(0, α_t² v + σ_t²). The true reverse kernel maps it to the
+    # marginal at s; the analytic scheme has exactly its variance (Var[x_0 | x_t] is
+    # constant here and the mean of ε_θ² is its estimate), the ancestral one too little.
+    # x_t is standardised to its exact variance, so the batch estimate of Var[x_0 | x_t]
+    # (which amplifies the sampling noise of mean ε² by σ_t²/α_t² ≈ 11 here) is exact and
+    # only the noise z's sample variance is left to the tolerance.
+    p, v, n = processes.get("vp"), 0.25, 200_000
+    t, s = 0.5, 0.2
+    var_t = float(p.alpha(t)) ** 2 * v + float(p.sigma2(t))
+    var_s = float(p.alpha(s)) ** 2 * v + float(p.sigma2(s))
+    normal = np.asarray(jax.random.normal(jax.random.key(0), (n, 2)), np.float64)
+    x_t = jnp.asarray(np.sqrt(var_t) * normal / np.sqrt(np.mean(normal**2)), jnp.float32)
+    score = -x_t / var_t
+    z = increments.get("laplace").sample(jax.random.key(1), (n, 2))
+    x_s = walks.reverse_update(p, scheme, x_t, score, z, t, s)
+    got = float(np.var(np.asarray(x_s, np.float64)))
+    se = var_s * math.sqrt(2.0 / (2 * n))  # sd of a variance estimate from 2n values (kurtosis ~3)
+    if exact:
+        assert abs(got - var_s) < 5 * se, (got, var_s)
+    else:
+        assert got < var_s - 20 * se, (got, var_s)
+
+
+@pytest.mark.parametrize("name", ["vp", "subvp", "vdm", "ve"])
+def test_lambda_grid_has_equal_log_snr_steps_and_the_same_ends(name):
+    p = processes.get(name)
+    t = np.asarray(processes.sampling_grid(p, 12, "lambda"), np.float64)
+    assert t[0] == pytest.approx(p.t_eps) and t[-1] == 1.0 and np.all(np.diff(t) > 0)
+    lam = np.asarray(p.log_snr(jnp.asarray(t, jnp.float32)), np.float64)
+    steps = np.diff(lam)
+    np.testing.assert_allclose(steps, np.full(12, (lam[-1] - lam[0]) / 12), rtol=2e-3, atol=2e-3)
+    if name in ("ve", "vdm"):  # λ linear in t: the grids agree
+        np.testing.assert_allclose(t, np.asarray(processes.sampling_grid(p, 12, "t")), atol=1e-5)
+
+
+@pytest.mark.fast_first
+@pytest.mark.parametrize("scheme, grid", [("analytic", "lambda"), ("ancestral", "lambda"),
+                                          ("euler", "lambda")])
+def test_every_scheme_and_grid_reaches_the_data_at_k100(gmm_setup, scheme, grid):
+    p, _, score, data = gmm_setup
+    x = jax.jit(lambda k: walks.reverse(p, increments.get("uniform"), score, k, (2000, 2), 100,
+                                        scheme=scheme, grid=grid))(jax.random.PRNGKey(4))
+    width, _ = metrics.nearest_centre(np.asarray(x), oracles.gmm8().means)
+    assert abs(width - BLOB_WIDTH) < BLOB_BAND, width  # the band of the euler walk at K = 300
+    assert metrics.energy_distance(np.asarray(x), data) < 0.003
+
+
+def test_reverse_refuses_unknown_scheme_and_grid(gmm_setup):
+    p, _, score, _ = gmm_setup
+    with pytest.raises(ValueError, match="scheme"):
+        walks.reverse(p, increments.get("gaussian"), score, jax.random.key(0), (4, 2), 3, scheme="ddim")
+    with pytest.raises(ValueError, match="grid"):
+        walks.reverse(p, increments.get("gaussian"), score, jax.random.key(0), (4, 2), 3, grid="edm")
