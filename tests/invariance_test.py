@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from nnd import increments, oracles, processes
+from nnd import increments, oracles, processes, walks
 from nnd.experiments import common, invariance
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -178,6 +178,25 @@ def test_main_rejects_bad_law_before_running(tmp_path):
     with pytest.raises(ValueError, match="unknown increment law"):
         invariance.main(["--out", str(tmp_path), "--laws", "gaussian,normal"])
     assert not (tmp_path / "invariance.json").exists()
+
+
+def test_settings_refuse_an_unknown_scheme_or_grid():
+    with pytest.raises(ValueError, match="scheme"):
+        invariance.Settings(scheme="ddim")
+    with pytest.raises(ValueError, match="grid"):
+        invariance.Settings(grid="edm")
+
+
+def test_make_walk_uses_the_scheme_and_grid(tmp_path):
+    process, gmm = processes.get("vp"), oracles.gmm8()
+    score = oracles.gmm_score(process, gmm)
+    law = increments.get("gaussian")
+    euler, _ = invariance.make_walk(process, law, score, 64, 5)
+    analytic, _ = invariance.make_walk(process, law, score, 64, 5, scheme="analytic", grid="lambda")
+    key = jax.random.key(3)
+    expected = walks.reverse(process, law, score, key, (64, 2), 5, scheme="analytic", grid="lambda")
+    np.testing.assert_allclose(np.asarray(analytic(key)), np.asarray(expected), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(np.asarray(euler(key)), np.asarray(expected))
 
 
 def test_command_line_reports_a_bad_law(tmp_path):

@@ -195,18 +195,18 @@ def test_dataset_bpd_rejects_out_of_range_levels():
 # -- the eq. (5) walk sum ---------------------------------------------------------------------
 
 def expected_walk_bound(process, mu, var, num_steps):
-    """E over x_0 ~ N(mu, var) and ε of each eq. (5) term for G/G with the exact ε = E[ε | x_t].
+    """E over x_0 ~ N(mu, var) and ε of each eq. (5) term for G/G, ancestral steps, exact ε.
 
-    Per coordinate, E(ε - E[ε|x_t])² = α²v / (α²v + σ²).
+    Per coordinate, E(ε - E[ε|x_t])² = α²v / (α²v + σ²), and an ancestral step from t to s
+    costs ½ expm1(λ_s - λ_t) times it.
     """
     t = process.t_eps + (1.0 - process.t_eps) / num_steps * np.arange(num_steps + 1)
     t32 = jnp.asarray(t, jnp.float32)
     a2 = np.asarray(process.alpha(t32), np.float64) ** 2
     s2 = np.asarray(process.sigma2(t32), np.float64)
-    g2 = np.asarray(process.g(t32), np.float64) ** 2
-    dt = (1.0 - process.t_eps) / num_steps
+    lam = np.log(a2 / s2)
     mse = a2[:, None] * var / (a2[:, None] * var + s2[:, None])  # [K+1, D]
-    steps = np.sum(0.5 * g2[1:, None] * dt / s2[1:, None] * mse[1:])
+    steps = np.sum(0.5 * np.expm1(lam[:-1] - lam[1:])[:, None] * mse[1:])
     recon = 0.5 * len(var) * math.log(2 * math.pi * s2[0] / a2[0]) + 0.5 * np.sum(mse[0])
     prior = 0.5 * np.sum(a2[-1] * (var + mu**2) + s2[-1] - 1.0 - math.log(s2[-1]))
     return prior, steps, recon
@@ -221,7 +221,7 @@ def test_walk_bound_terms_match_their_expectations():
     x0 = oracles.sample_gmm(jax.random.key(0), gmm, n)
     out = jax.jit(lambda x, k: likelihood.walk_bound(
         VP, eps_fn, x, k, q=increments.get("gaussian"), p=increments.get("gaussian"),
-        num_steps=num_steps))(x0, jax.random.key(1))
+        num_steps=num_steps, scheme="ancestral"))(x0, jax.random.key(1))
     expected = dict(zip(("prior_kl", "steps", "reconstruction"),
                         expected_walk_bound(VP, mu, var, num_steps)))
     for name, value in expected.items():
@@ -231,6 +231,68 @@ def test_walk_bound_terms_match_their_expectations():
     np.testing.assert_allclose(np.asarray(out["total"]),
                                np.asarray(out["prior_kl"] + out["steps"] + out["reconstruction"]),
                                rtol=1e-6)
+
+
+def _gaussian_data_bound(process, num_steps, scheme, *, n=4000, mu=0.3, var=0.25, riemann=False):
+    """(bound - exact NLL, its standard error) in nats/dim, exact ε, data N(mu, var I₂).
+
+    ``riemann``: the right-endpoint Riemann weight g²Δt/σ² of an earlier version instead
+    of the exact step KL (not a bound).
+    """
+    def eps_fn(x, t):
+        a, s2 = process.alpha(t)[:, None], process.sigma2(t)[:, None]
+        return jnp.sqrt(s2) * (x - a * mu) / (a * a * var + s2)
+
+    x0 = mu + math.sqrt(var) * jax.random.normal(jax.random.key(0), (n, 2))
+    g = increments.get("gaussian")
+    out = jax.jit(lambda x, k: likelihood.walk_bound(process, eps_fn, x, k, q=g, p=g,
+                                                     num_steps=num_steps, scheme=scheme))(
+        x0, jax.random.key(1))
+    total = np.asarray(out["total"], np.float64)
+    if riemann:
+        t_grid, _ = processes.time_grid(process, num_steps)
+
+        def riemann_steps(x, k):
+            def step(acc, i):
+                eps = jax.random.normal(jax.random.fold_in(k, i), x.shape)
+                t_B = jnp.full((n,), t_grid[i + 1])
+                x_t = process.marginal(x, eps, t_B)
+                return acc + losses.step_loss(eps, eps_fn(x_t, t_B), t_B, process=process, q=g, p=g,
+                                              num_steps=num_steps), None
+            return jax.lax.scan(step, jnp.zeros((n,)), jnp.arange(num_steps))[0]
+
+        total = total - np.asarray(out["steps"]) + np.asarray(
+            jax.jit(riemann_steps)(x0, jax.random.key(1)), np.float64)
+    nll = 0.5 * math.log(2 * math.pi * var) + 0.5  # per dim: the data's own entropy
+    per_dim = total / 2
+    return per_dim.mean() - nll, per_dim.std() / math.sqrt(n)
+
+
+@pytest.mark.fast_first
+@pytest.mark.parametrize("name", ["vp", "vdm", "subvp", "ve"])
+@pytest.mark.parametrize("num_steps", [100, 10, 1000])
+@pytest.mark.parametrize("scheme", ["euler", "ancestral", "analytic"])
+def test_gaussian_walk_bound_is_above_the_exact_nll(name, num_steps, scheme):
+    # Exact scores, Gaussian data: -log p of any sampler is ≥ the data's entropy, so a true
+    # bound is too (within 3 standard errors of the Monte-Carlo estimate).
+    gap, se = _gaussian_data_bound(processes.get(name), num_steps, scheme)
+    assert gap > -3 * se, (gap, se)
+
+
+def test_the_right_endpoint_riemann_sum_is_not_a_bound():
+    # What the bound test above guards against: the earlier weight g²Δt/σ² at the right end
+    # of each step lies about 1.1 nats/dim below the exact NLL on vp at K = 100.
+    gap, se = _gaussian_data_bound(processes.get("vp"), 100, "euler", riemann=True)
+    assert gap < -20 * se, (gap, se)
+    exact_gap, exact_se = _gaussian_data_bound(processes.get("vp"), 100, "euler")
+    assert exact_gap > -3 * exact_se
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, scheme, goal", [("vdm", "analytic", 0.02), ("vp", "analytic", 0.05)])
+def test_the_bound_approaches_the_nll_at_k1000(name, scheme, goal):
+    gap, se = _gaussian_data_bound(processes.get(name), 1000, scheme)
+    assert gap < goal + 3 * se, (gap, se)
 
 
 def test_walk_bound_penalty_is_k_d_l0():

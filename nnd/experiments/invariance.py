@@ -65,16 +65,23 @@ class Settings:
     laws: tuple[Law, ...] = common.parse_laws(DEFAULT_LAWS)
     process: str = "vp"
     seed: int = 0
+    scheme: str = "euler"
+    grid: str = "t"
 
     def __post_init__(self):
         common.check_int("n", self.n, 2)
+        if self.scheme not in walks.SCHEMES:
+            raise ValueError(f"unknown scheme {self.scheme!r}; choose one of {walks.SCHEMES}")
+        if self.grid not in processes.GRIDS:
+            raise ValueError(f"unknown grid {self.grid!r}; choose one of {processes.GRIDS}")
 
 
 # -- the measurements -----------------------------------------------------------------
 
 
-def make_walk(process: Process, law: Law, score_fn: Callable, n: int,
-              num_steps: int) -> tuple[Callable[[jax.Array], jax.Array], float]:
+def make_walk(process: Process, law: Law, score_fn: Callable, n: int, num_steps: int, *,
+              scheme: str = "euler",
+              grid: str = "t") -> tuple[Callable[[jax.Array], jax.Array], float]:
     """The reverse walk of SPEC §3 (Theorem 3.3's sampler) as a compiled ``key -> x [n, 2]``.
 
     Compiled ahead of time so the compile and run times can be reported apart.
@@ -83,7 +90,8 @@ def make_walk(process: Process, law: Law, score_fn: Callable, n: int,
       (compiled function, compile seconds).
     """
     walk = functools.partial(
-        walks.reverse, process, law, score_fn, shape=(n, 2), num_steps=num_steps, denoise=True)
+        walks.reverse, process, law, score_fn, shape=(n, 2), num_steps=num_steps, denoise=True,
+        scheme=scheme, grid=grid)
     start = time.perf_counter()
     compiled = jax.jit(walk).lower(jax.random.key(0)).compile()
     return compiled, time.perf_counter() - start
@@ -147,7 +155,8 @@ def run(settings: Settings, *, log=print) -> tuple[dict, dict, np.ndarray]:
     for law in settings.laws:
         key_law = jax.random.fold_in(key_walks, _law_tag(law))
         for num_steps in settings.steps:
-            walk, compile_s = make_walk(process, law, score_fn, n, num_steps)
+            walk, compile_s = make_walk(process, law, score_fn, n, num_steps,
+                                        scheme=settings.scheme, grid=settings.grid)
             start = time.perf_counter()
             x_NxD = np.asarray(walk(jax.random.fold_in(key_law, num_steps)).block_until_ready())
             run_s = time.perf_counter() - start
@@ -164,6 +173,8 @@ def run(settings: Settings, *, log=print) -> tuple[dict, dict, np.ndarray]:
     result = {
         "experiment": "invariance (Theorem 3.3)",
         "process": settings.process,
+        "scheme": settings.scheme,
+        "grid": settings.grid,
         "data": "gmm8",
         "n": n,
         "seed": settings.seed,
@@ -286,10 +297,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--steps", default=DEFAULT_STEPS, help="comma-separated K values")
     parser.add_argument("--laws", default=DEFAULT_LAWS,
                         help="comma-separated laws, 'name' or 'name:param' (student_t:5)")
+    parser.add_argument("--scheme", default="euler", choices=walks.SCHEMES,
+                        help="reverse step (SPEC §3)")
+    parser.add_argument("--grid", default="t", choices=processes.GRIDS,
+                        help="times: uniform in t or in log-SNR")
     common.add_process_and_seed(parser)
     args = parser.parse_args(argv)
     settings = Settings(n=args.n, steps=common.parse_steps(args.steps),
-                        laws=common.parse_laws(args.laws), process=args.process, seed=args.seed)
+                        laws=common.parse_laws(args.laws), process=args.process, seed=args.seed,
+                        scheme=args.scheme, grid=args.grid)
     start = time.perf_counter()
     result, samples, data_NxD = run(settings)
     figures = {"invariance_ed.png": functools.partial(plot_energy_distance, result),
