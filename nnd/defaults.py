@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from nnd import processes
+from nnd import processes, walks
 
 __all__ = ["ROWS", "MODEL_DEFAULTS", "default", "model", "image"]
 
@@ -108,8 +108,8 @@ def default() -> ml_collections.ConfigDict:
 
     config.sampling = ml_collections.ConfigDict()
     config.sampling.sampler = "walk"  # walk (reverse walk, eq. 8) | pc (predictor-corrector) | ode | heun (PF-ODE, eq. 6)
-    config.sampling.scheme = "euler"  # reverse step of walk and pc: euler (eq. 8) | ancestral | analytic (SPEC §3)
-    config.sampling.grid = "t"  # times of walk, pc and heun: t (uniform, the paper's) | lambda (uniform in log-SNR)
+    config.sampling.scheme = walks.DEFAULT_SCHEME  # walk and pc step: ancestral | analytic | euler (eq. 8)
+    config.sampling.grid = processes.DEFAULT_GRID  # walk, pc, heun: lambda (uniform log-SNR) | t (the paper's)
     config.sampling.law = "q"  # q (default) | model (= p) | any law spec: walk and corrector noise
     config.sampling.num_samples = 2000  # samples written by --mode=sample
     config.sampling.num_steps = 300  # walk / pc / heun steps when sampling

@@ -261,7 +261,8 @@ def gaussian_step_kl(process: processes_lib.Process, scheme: str, x0: jax.Array,
 
 def walk_bound(process: processes_lib.Process, eps_fn: processes_lib.EpsFn, x0: jax.Array,
                key: jax.Array, *, q: increments.Law, p: increments.Law, num_steps: int,
-               scheme: str = "euler", grid: str = "t") -> dict:
+               scheme: str = walks.DEFAULT_SCHEME,
+               grid: str = processes_lib.DEFAULT_GRID) -> dict:
     """The eq. (5) sum for (q, p, K) per example, in nats, on the sampler's scheme and grid.
 
     .. math::  \\mathrm{KL}(N(\\alpha_1 x_0, \\sigma_1^2) \\,\\|\\, \\text{prior})

@@ -31,7 +31,7 @@ import numpy as np
 
 __all__ = [
     "Process", "VP", "SubVP", "VE", "VDM", "PROCESSES", "get", "param_names", "time_grid",
-    "GRIDS", "sampling_grid",
+    "GRIDS", "DEFAULT_GRID", "sampling_grid",
     "check_num_steps", "per_example", "reverse_drift", "pf_ode_drift", "score_fn_from_eps",
     "eps_fn_from_score", "ScoreFn", "EpsFn",
 ]
@@ -289,6 +289,8 @@ def time_grid(process: Process, num_steps: int):
 
 #: Sampling grids: ``t`` uniform in time (the paper's, SPEC §3), ``lambda`` uniform in log-SNR.
 GRIDS = ("t", "lambda")
+#: The default sampling grid, chosen by measurement together with walks.DEFAULT_SCHEME.
+DEFAULT_GRID = "lambda"
 
 
 def sampling_grid(process: Process, num_steps: int, kind: str = "t") -> jax.Array:

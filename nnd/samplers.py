@@ -50,8 +50,8 @@ class Settings:
     """How to sample (the ``sampling`` section of a config, typed): hashable, so static under jit."""
 
     sampler: str = "walk"
-    scheme: str = "euler"  # reverse step of walk and pc: euler | ancestral | analytic (walks.SCHEMES)
-    grid: str = "t"  # time grid of walk, pc and heun: t | lambda (processes.GRIDS)
+    scheme: str = walks.DEFAULT_SCHEME  # reverse step of walk and pc (walks.SCHEMES)
+    grid: str = processes_lib.DEFAULT_GRID  # times of walk, pc and heun (processes.GRIDS)
     num_steps: int = 300
     denoise: bool = True
     snr: float = 0.16
@@ -76,7 +76,8 @@ def pf_ode_field(process: Process, score_fn: ScoreFn):
 
 
 def reverse_walk(process: Process, law: Law, score_fn: ScoreFn, key: jax.Array, shape, *,
-                 num_steps: int, denoise: bool = True, scheme: str = "euler", grid: str = "t",
+                 num_steps: int, denoise: bool = True, scheme: str = walks.DEFAULT_SCHEME,
+                 grid: str = processes_lib.DEFAULT_GRID,
                  dtype=jnp.float32):
     """The reverse walk (:func:`nnd.walks.reverse`) with increments from ``law``; returns (x, nfe)."""
     x = walks.reverse(process, law, score_fn, key, shape, num_steps, denoise=denoise, scheme=scheme,
@@ -90,7 +91,8 @@ def _per_example_norm(v):
 
 def predictor_corrector(process: Process, law: Law, score_fn: ScoreFn, key: jax.Array, shape, *,
                         num_steps: int, snr: float = 0.16, corrector_steps: int = 1,
-                        denoise: bool = True, scheme: str = "euler", grid: str = "t",
+                        denoise: bool = True, scheme: str = walks.DEFAULT_SCHEME,
+                        grid: str = processes_lib.DEFAULT_GRID,
                         dtype=jnp.float32):
     """Reverse-walk predictor with a Langevin corrector whose noise is ``law``; returns (x, nfe).
 
@@ -137,7 +139,7 @@ def predictor_corrector(process: Process, law: Law, score_fn: ScoreFn, key: jax.
 
 def pf_ode(process: Process, score_fn: ScoreFn, key: jax.Array, shape, *, solver: str = "ode",
            num_steps: int = 100, rtol: float = 1e-5, atol: float = 1e-5, denoise: bool = True,
-           grid: str = "t", dtype=jnp.float32):
+           grid: str = processes_lib.DEFAULT_GRID, dtype=jnp.float32):
     """Integrates eq. (6) from a prior draw at t = 1 down to t_eps; returns (x, nfe).
 
     ``solver`` is ``ode`` (adaptive Dormand–Prince, ``rtol``/``atol``) or
@@ -160,7 +162,8 @@ def pf_ode(process: Process, score_fn: ScoreFn, key: jax.Array, shape, *, solver
 
 def sample(sampler: str, process: Process, law: Law, score_fn: ScoreFn, key: jax.Array, shape, *,
            num_steps: int, denoise: bool = True, snr: float = 0.16, corrector_steps: int = 1,
-           rtol: float = 1e-3, atol: float = 1e-3, scheme: str = "euler", grid: str = "t",
+           rtol: float = 1e-3, atol: float = 1e-3, scheme: str = walks.DEFAULT_SCHEME,
+           grid: str = processes_lib.DEFAULT_GRID,
            dtype=jnp.float32):
     """Dispatches on ``sampler`` (one of :data:`SAMPLERS`); returns (samples, nfe).
 

@@ -26,6 +26,9 @@ __all__ = ["SCHEMES", "forward_step", "reverse_step", "ancestral_step", "posteri
 #: posterior of the forward process, law-z noise) and ``analytic`` (ancestral with the
 #: variance of x_0 given x_t added, Analytic-DPM style, estimated from the model's ε).
 SCHEMES = ("euler", "ancestral", "analytic")
+#: The default reverse scheme, chosen by measurement (README "Reverse schemes and grids"):
+#: with the exact gmm8 score it is the closest to the data at K = 10 and 30 on vp and vdm.
+DEFAULT_SCHEME = "ancestral"
 
 
 def forward_step(process: processes_lib.Process, x: jax.Array, z: jax.Array, t,
@@ -153,17 +156,19 @@ def tweedie_denoise(process: processes_lib.Process, score_fn: processes_lib.Scor
 
 def reverse(process: processes_lib.Process, law: increments.Law, score_fn: processes_lib.ScoreFn,
             key: jax.Array, shape: tuple[int, ...], num_steps: int, denoise: bool = True,
-            *, scheme: str = "euler", grid: str = "t", dtype=jnp.float32, return_path: bool = False):
+            *, scheme: str = DEFAULT_SCHEME, grid: str = processes_lib.DEFAULT_GRID,
+            dtype=jnp.float32, return_path: bool = False):
     """Runs the reverse structured random walk from the prior at t = 1 to t_eps.
 
-    Reverse step from t_{k+1} to t_k with the score at t_{k+1} (SPEC §3); with the
-    default ``scheme="euler"`` it is eq. (8),
+    Reverse step from t_{k+1} to t_k with the score at t_{k+1} (SPEC §3); with
+    ``scheme="euler"`` it is eq. (8),
 
     .. math::  x_k = x_{k+1} - \\big[f x_{k+1} - g^2 s(x_{k+1}, t_{k+1})\\big]\\Delta t
                      + g\\sqrt{\\Delta t}\\, z_k, \\qquad z_k \\sim \\text{law (any)},
 
-    ``ancestral`` and ``analytic`` use :func:`ancestral_step` instead (all three tend to
-    the same SDE as Δt → 0, Theorem 3.3).
+    ``ancestral`` (the default) and ``analytic`` use :func:`ancestral_step` instead (all
+    three tend to the same SDE as Δt → 0, Theorem 3.3); the default grid is uniform in
+    log-SNR.
 
     Args:
       process: forward process; x_K is drawn from its prior.
@@ -173,8 +178,8 @@ def reverse(process: processes_lib.Process, law: increments.Law, score_fn: proce
       shape: sample shape [B, ...].
       num_steps: K ≥ 1.
       denoise: finish with the noise-free Tweedie step at t_eps.
-      scheme: ``euler``, ``ancestral`` or ``analytic`` (:data:`SCHEMES`).
-      grid: ``t`` (uniform in time) or ``lambda`` (uniform in log-SNR), see
+      scheme: ``euler``, ``ancestral`` (default) or ``analytic`` (:data:`SCHEMES`).
+      grid: ``t`` (uniform in time) or ``lambda`` (uniform in log-SNR, default), see
         :func:`nnd.processes.sampling_grid`.
       dtype: floating dtype of the samples.
       return_path: also return the path [K + 1, *shape], from t_K = 1 down to t_0.

@@ -89,7 +89,7 @@ def test_toy_eval_writes_every_file(tmp_path):
         + bound["reconstruction_nats"], rtol=1e-5)
     # laplace/laplace: l(0) = 0, no penalty; an estimate, not a bound.
     assert bound["penalty_nats"] == 0.0
-    assert bound["kind"] == "estimate" and (bound["scheme"], bound["grid"]) == ("euler", "t")
+    assert bound["kind"] == "estimate" and (bound["scheme"], bound["grid"]) == ("ancestral", "lambda")
     s = result["samples"]
     assert s["nfe"] == config.sampling.num_steps + 1 and s["finite"]
     assert len(s["share_per_centre"]) == 8 and np.isfinite(s["energy_distance"])
@@ -100,7 +100,7 @@ def test_eval_walk_sum_counts_the_penalty_for_mismatched_laws(tmp_path):
     config.loss.q, config.loss.p = "uniform", "laplace"
     config.eval.likelihood = False
     config.sampling.sampler = "heun"
-    config.sampling.scheme, config.sampling.grid = "ancestral", "lambda"
+    config.sampling.scheme, config.sampling.grid = "euler", "t"
     train.train(config, str(tmp_path))
     result = evaluate.evaluate(config, str(tmp_path))
     assert "likelihood" not in result
@@ -110,7 +110,7 @@ def test_eval_walk_sum_counts_the_penalty_for_mismatched_laws(tmp_path):
     bound = result["walk_bound"]
     assert bound["penalty_nats"] == pytest.approx(penalty, rel=1e-5)
     assert bound["total_with_penalty_nats"] - bound["total_nats"] == pytest.approx(penalty, rel=1e-4)
-    assert (bound["kind"], bound["scheme"], bound["grid"]) == ("estimate", "ancestral", "lambda")
+    assert (bound["kind"], bound["scheme"], bound["grid"]) == ("estimate", "euler", "t")
     assert result["samples"]["nfe"] == 2 * config.sampling.num_steps + 1  # heun, + denoise
 
 

@@ -221,7 +221,7 @@ def test_walk_bound_terms_match_their_expectations():
     x0 = oracles.sample_gmm(jax.random.key(0), gmm, n)
     out = jax.jit(lambda x, k: likelihood.walk_bound(
         VP, eps_fn, x, k, q=increments.get("gaussian"), p=increments.get("gaussian"),
-        num_steps=num_steps, scheme="ancestral"))(x0, jax.random.key(1))
+        num_steps=num_steps, scheme="ancestral", grid="t"))(x0, jax.random.key(1))
     expected = dict(zip(("prior_kl", "steps", "reconstruction"),
                         expected_walk_bound(VP, mu, var, num_steps)))
     for name, value in expected.items():
@@ -246,7 +246,8 @@ def _gaussian_data_bound(process, num_steps, scheme, *, n=4000, mu=0.3, var=0.25
     x0 = mu + math.sqrt(var) * jax.random.normal(jax.random.key(0), (n, 2))
     g = increments.get("gaussian")
     out = jax.jit(lambda x, k: likelihood.walk_bound(process, eps_fn, x, k, q=g, p=g,
-                                                     num_steps=num_steps, scheme=scheme))(
+                                                     num_steps=num_steps, scheme=scheme,
+                                                     grid="t"))(
         x0, jax.random.key(1))
     total = np.asarray(out["total"], np.float64)
     if riemann:

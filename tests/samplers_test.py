@@ -108,7 +108,7 @@ def test_predictor_corrector_without_corrector_is_the_reverse_walk(setup):
     law = increments.get("uniform")
     key = jax.random.key(3)
     x, nfe = samplers.predictor_corrector(process, law, score, key, (N, 2), num_steps=15,
-                                          corrector_steps=0)
+                                          corrector_steps=0, scheme="euler", grid="t")
     key_prior, key_pred, _ = jax.random.split(key, 3)
     x_init = process.prior_sample(key_prior, (N, 2))
     t_grid, dt = processes.time_grid(process, 15)
@@ -148,7 +148,8 @@ def test_corrector_step_size_carries_the_signal_kept_by_one_step(setup):
     process, score, _ = setup
     law, key, snr, K = increments.get("laplace"), jax.random.key(5), 0.3, 4
     x, _ = samplers.predictor_corrector(process, law, score, key, (N, 2), num_steps=K, snr=snr,
-                                        corrector_steps=1, denoise=False)
+                                        corrector_steps=1, denoise=False, scheme="euler",
+                                        grid="t")
     key_prior, key_pred, key_corr = jax.random.split(key, 3)
     y = process.prior_sample(key_prior, (N, 2))
     t_grid, dt = processes.time_grid(process, K)

@@ -65,8 +65,8 @@ class Settings:
     laws: tuple[Law, ...] = common.parse_laws(DEFAULT_LAWS)
     process: str = "vp"
     seed: int = 0
-    scheme: str = "euler"
-    grid: str = "t"
+    scheme: str = walks.DEFAULT_SCHEME
+    grid: str = processes.DEFAULT_GRID
 
     def __post_init__(self):
         common.check_int("n", self.n, 2)
@@ -80,8 +80,8 @@ class Settings:
 
 
 def make_walk(process: Process, law: Law, score_fn: Callable, n: int, num_steps: int, *,
-              scheme: str = "euler",
-              grid: str = "t") -> tuple[Callable[[jax.Array], jax.Array], float]:
+              scheme: str = walks.DEFAULT_SCHEME,
+              grid: str = processes.DEFAULT_GRID) -> tuple[Callable[[jax.Array], jax.Array], float]:
     """The reverse walk of SPEC §3 (Theorem 3.3's sampler) as a compiled ``key -> x [n, 2]``.
 
     Compiled ahead of time so the compile and run times can be reported apart.
@@ -297,9 +297,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--steps", default=DEFAULT_STEPS, help="comma-separated K values")
     parser.add_argument("--laws", default=DEFAULT_LAWS,
                         help="comma-separated laws, 'name' or 'name:param' (student_t:5)")
-    parser.add_argument("--scheme", default="euler", choices=walks.SCHEMES,
+    parser.add_argument("--scheme", default=walks.DEFAULT_SCHEME, choices=walks.SCHEMES,
                         help="reverse step (SPEC §3)")
-    parser.add_argument("--grid", default="t", choices=processes.GRIDS,
+    parser.add_argument("--grid", default=processes.DEFAULT_GRID, choices=processes.GRIDS,
                         help="times: uniform in t or in log-SNR")
     common.add_process_and_seed(parser)
     args = parser.parse_args(argv)
