@@ -1,9 +1,11 @@
 """Structured random walks: forward, reverse and their moments (eq. 8, Theorem 3.1).
 
-All walks run on the grid of SPEC §3, ``t_k = t_eps + kΔt``, ``Δt = (1 - t_eps)/K``,
-with ``lax.scan``: the step is traced and compiled once whatever K, and memory
-does not grow with K unless the path is asked for. The increment law is always
-a parameter: any object with ``sample(key, shape, dtype)`` will do.
+The forward walk and the moments run on the grid of SPEC §3, ``t_k = t_eps + kΔt``,
+``Δt = (1 - t_eps)/K``; the reverse walk on a sampling grid (uniform in t or in
+log-SNR, :func:`nnd.processes.sampling_grid`) with one of :data:`SCHEMES`. All use
+``lax.scan``: the step is traced and compiled once whatever K, and memory does not
+grow with K unless the path is asked for. The increment law is always a parameter:
+any object with ``sample(key, shape, dtype)`` will do.
 
 Keys: the root key is split once into named keys (prior, steps); step k uses
 ``fold_in(steps_key, k)``.
@@ -19,7 +21,7 @@ import jax.numpy as jnp
 from nnd import increments
 from nnd import processes as processes_lib
 
-__all__ = ["SCHEMES", "forward_step", "reverse_step", "ancestral_step", "posterior_x0_variance",
+__all__ = ["SCHEMES", "DEFAULT_SCHEME", "forward_step", "reverse_step", "ancestral_step", "posterior_x0_variance",
            "reverse_update", "forward", "reverse", "moments", "tweedie_denoise"]
 
 #: Reverse-step schemes (SPEC §3): ``euler`` (eq. 8), ``ancestral`` (the exact Gaussian
