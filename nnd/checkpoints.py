@@ -50,20 +50,19 @@ def save(mngr: ocp.CheckpointManager, step: int, state, *, force: bool = False) 
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
-    """(state, bad_steps): the newest checkpoint that restores, in ``abstract_state``'s shardings.
+def _newest_readable(mngr: ocp.CheckpointManager, args, step_of):
+    """(step, state, bad_steps) of the newest checkpoint that restores with ``args``.
 
-    A checkpoint that fails to restore is reported with a warning naming it, and
-    the previous one is tried; ``state`` is None if there is no readable checkpoint.
+    A checkpoint that fails to restore (truncated, corrupted, or holding another step
+    than its name, read by ``step_of``) is reported with a warning naming it and the
+    previous one is tried; step and state are None if none restores.
     """
     bad = []
     for step in sorted(mngr.all_steps(), reverse=True):
         try:
-            restored = mngr.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state)))
-            state = restored["state"]
-            if int(state.step) != step:
-                raise ValueError(f"holds step {int(state.step)}")
+            state = mngr.restore(step, args=ocp.args.Composite(state=args))["state"]
+            if int(step_of(state)) != step:
+                raise ValueError(f"holds step {int(step_of(state))}")
         except Exception as err:  # noqa: BLE001  (any failure to read means: unusable)
             logging.warning("checkpoint %s/%d is unreadable (%s: %s); trying the previous one",
                             mngr.directory, step, type(err).__name__, str(err)[:200])
@@ -71,8 +70,19 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
             continue
         if bad:
             logging.warning("restored step %d instead of the unreadable step(s) %s", step, bad)
-        return state, bad
-    return None, bad
+        return step, state, bad
+    return None, None, bad
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
+    """(state, bad_steps): the newest checkpoint that restores, in ``abstract_state``'s shardings.
+
+    A checkpoint that fails to restore is reported with a warning naming it, and
+    the previous one is tried; ``state`` is None if there is no readable checkpoint.
+    """
+    _, state, bad = _newest_readable(mngr, ocp.args.StandardRestore(abstract_state),
+                                     lambda state: state.step)
+    return state, bad
 
 
 def set_aside(mngr: ocp.CheckpointManager, steps, workdir: str, keep: int) -> ocp.CheckpointManager:
@@ -114,20 +124,16 @@ def restore_ema(workdir: str, abstract_params):
         raise missing
     mngr = manager(workdir, keep=1, create=False)
     target = {"step": jax.ShapeDtypeStruct((), jax.numpy.int32), "ema_params": abstract_params}
+    args = ocp.args.PyTreeRestore(
+        target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True)
     try:
-        for step in sorted(mngr.all_steps(), reverse=True):
-            try:
-                restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-                    target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                    partial_restore=True)))["state"]
-            except Exception as err:  # noqa: BLE001  (any failure to read means: unusable)
-                logging.warning("checkpoint %s/%d is unreadable (%s: %s); trying the previous one",
-                                path, step, type(err).__name__, str(err)[:200])
-                continue
-            return int(restored["step"]), restored["ema_params"]
+        step, restored, _ = _newest_readable(mngr, args, lambda state: state["step"])
     finally:
         mngr.close()
-    raise missing
+    if step is None:
+        raise missing
+    return step, restored["ema_params"]
 
 
 def check_workdir(workdir: str, state=None, keep: int = 1) -> None:

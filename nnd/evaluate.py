@@ -27,6 +27,7 @@ Keys: ``Stream.EVAL`` of the root key is split into the named parts of
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -39,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nnd import batching, checkpoints, data, increments, keys, likelihood, losses, metrics
-from nnd import oracles, pictures, processes, samplers
+from nnd import models, oracles, pictures, processes, samplers
 from nnd import config as config_lib
 
 __all__ = ["TABLE1_PAIRS", "Restored", "restore", "held_out", "draw", "evaluate", "sample"]
@@ -66,9 +67,9 @@ def restore(config, workdir: str) -> Restored:
     experiment = config_lib.resolve(config)
     shape = data.example_shape(config.data.name)
     root = jax.random.key(config.seed)
-    abstract = jax.eval_shape(
-        lambda k, x: experiment.model.init(k, x, jnp.zeros((1,), jnp.float32))["params"],
-        keys.stream(root, keys.Stream.INIT), jax.ShapeDtypeStruct((1,) + shape, jnp.float32))
+    abstract = jax.eval_shape(functools.partial(models.init_params, experiment.model),
+                              keys.stream(root, keys.Stream.INIT),
+                              jax.ShapeDtypeStruct((1,) + shape, jnp.float32))
     step, params = checkpoints.restore_ema(workdir, abstract)
     spec = data.IMAGES.get(config.data.name)
     return Restored(experiment, step, params, root, shape, spec.num_levels if spec else None)
@@ -188,7 +189,7 @@ def _walk_bound(config, run: Restored, x, levels, key) -> dict:
     penalty = float(experiment.num_steps * dim * losses.penalty(experiment.q, experiment.p))
     mean = {k: float(np.mean(v)) for k, v in out.items()}
     result = {f"{k}_nats": v for k, v in mean.items()}
-    gaussian = str(experiment.q) == "gaussian" and str(experiment.p) == "gaussian"
+    gaussian = likelihood.is_bound(experiment.q, experiment.p)
     result.update(penalty_nats=penalty, num_examples=len(x), num_steps=experiment.num_steps,
                   scheme=sampling.scheme, grid=sampling.grid, seconds=time.time() - start,
                   kind="upper bound" if gaussian else "estimate",

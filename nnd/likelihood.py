@@ -33,7 +33,7 @@ from nnd import batching, data, increments, losses, ode, samplers, walks
 from nnd import processes as processes_lib
 
 __all__ = ["DIVERGENCES", "divergence_fn", "log_prob", "log_prob_with_stats", "bits_per_dim",
-           "dataset_bpd", "gaussian_step_kl", "walk_bound"]
+           "dataset_bpd", "gaussian_step_kl", "is_bound", "walk_bound"]
 
 #: Divergence estimators of :func:`log_prob`.
 DIVERGENCES = ("auto", "exact", "rademacher", "gaussian")
@@ -217,8 +217,9 @@ def dataset_bpd(log_prob_fn, images, num_levels: int, *, batch_size: int, key,
     }
 
 
-def _is_gaussian(law) -> bool:
-    return isinstance(increments.parse(law), increments.Gaussian)
+def is_bound(q: increments.Law | str, p: increments.Law | str) -> bool:
+    """Whether :func:`walk_bound` for (q, p) is a true bound (q = p = gaussian), not an estimate."""
+    return all(isinstance(increments.parse(law), increments.Gaussian) for law in (q, p))
 
 
 def gaussian_step_kl(process: processes_lib.Process, scheme: str, x0: jax.Array, x: jax.Array,
@@ -277,9 +278,8 @@ def walk_bound(process: processes_lib.Process, eps_fn: processes_lib.EpsFn, x0: 
       ``scheme`` against the true posterior q(x_s | x_t, x_0) (:func:`gaussian_step_kl`),
       so the sum is a true upper bound on -log p of that K-step sampler.
     - any other pair: an estimate, not a bound, L_k = Σ_i ℓ_{q,p}(c_k(ε_θ - ε)) with
-      the scheme's own scale c_k (``euler``: g√Δt/σ at t; ``ancestral`` and
-      ``analytic``: √expm1(λ_s - λ_t)): the true reverse kernel of a non-Gaussian walk
-      given x_0 is q tilted, not shifted.
+      the scheme's own scale c_k (:func:`nnd.losses.scheme_scale`): the true reverse
+      kernel of a non-Gaussian walk given x_0 is q tilted, not shifted.
 
     Returns:
       dict of [B] arrays: ``prior_kl``, ``steps`` (Σ_k L_k; for the estimate without
@@ -289,7 +289,7 @@ def walk_bound(process: processes_lib.Process, eps_fn: processes_lib.EpsFn, x0: 
     num_steps = processes_lib.check_num_steps(num_steps)
     if scheme not in walks.SCHEMES:
         raise ValueError(f"unknown reverse scheme {scheme!r}; choose one of {walks.SCHEMES}")
-    exact = _is_gaussian(q) and _is_gaussian(p)
+    exact = is_bound(q, p)
     x0 = jnp.asarray(x0, jnp.float32)
     batch, dim = x0.shape[0], math.prod(x0.shape[1:])
     t_grid = processes_lib.sampling_grid(process, num_steps, grid)
@@ -306,10 +306,7 @@ def walk_bound(process: processes_lib.Process, eps_fn: processes_lib.EpsFn, x0: 
         eps_pred = eps_fn(x, t_B)
         if exact:
             return total + gaussian_step_kl(process, scheme, x0, x, eps, eps_pred, t, s), None
-        if scheme == "euler":
-            c = process.g(t) * jnp.sqrt(t - s) / process.sigma(t)
-        else:
-            c = jnp.sqrt(jnp.expm1(process.log_snr(s) - process.log_snr(t)))
+        c = losses.scheme_scale(process, scheme, t, s)
         ell = losses.shift_kl(q, p, c * (eps_pred - eps)) - losses.penalty(q, p)
         return total + _sum_per_example(ell), None
 

@@ -35,6 +35,7 @@ __all__ = [
     "shift_kl",
     "penalty",
     "step_scale",
+    "scheme_scale",
     "training_draw",
     "step_loss",
     "objective",
@@ -245,10 +246,25 @@ def penalty(q: Law | str, p: Law | str, dtype=jnp.float32) -> jax.Array:
     return shift_kl(q, p, jnp.zeros((), dtype))
 
 
+def _euler_scale(process: processes.Process, t, sqrt_dt):
+    return process.g(t) * sqrt_dt / process.sigma(t)
+
+
 def step_scale(process: processes.Process, t_B: jax.Array, num_steps: int) -> jax.Array:
     """c(t) = g(t)√Δt / σ(t), Δt = (1 - t_eps)/K: the factor in u = c (ε_θ - ε) of eq. (5)."""
     _, dt = processes.time_grid(process, num_steps)
-    return process.g(t_B) * math.sqrt(dt) / process.sigma(t_B)
+    return _euler_scale(process, t_B, math.sqrt(dt))
+
+
+def scheme_scale(process: processes.Process, scheme: str, t, s) -> jax.Array:
+    """c_k of a reverse step from t down to s (SPEC §5): u = c_k (ε_θ - ε).
+
+    ``euler``: g(t)√(t - s)/σ(t) (as :func:`step_scale`); ``ancestral`` and ``analytic``:
+    √expm1(λ_s - λ_t), λ = log(α²/σ²). Both tend to the same limit as the step shrinks.
+    """
+    if scheme == "euler":
+        return _euler_scale(process, t, jnp.sqrt(t - s))
+    return jnp.sqrt(jnp.expm1(process.log_snr(s) - process.log_snr(t)))
 
 
 def step_loss(eps_BxD, eps_pred_BxD, t_B, *, process, q, p, num_steps: int,

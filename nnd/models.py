@@ -19,7 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["sinusoidal_embedding", "MLP", "ResBlock", "AttnBlock", "VDMNet", "UNet", "MODELS", "make"]
+__all__ = ["sinusoidal_embedding", "MLP", "ResBlock", "AttnBlock", "VDMNet", "UNet", "MODELS", "make",
+           "init_params"]
 
 
 def sinusoidal_embedding(t_B, dim: int, max_period: float = 1e4):
@@ -203,3 +204,9 @@ def make(name: str, **fields) -> nn.Module:
         raise ValueError(f"model {name!r} takes no {unknown}; it takes {sorted(allowed)}")
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
     return cls(**fields)
+
+
+def init_params(model: nn.Module, key: jax.Array, example_x: jax.Array) -> dict:
+    """The parameters of ``model`` for inputs shaped like ``example_x`` [B, ...] (t = 0)."""
+    t_B = jnp.zeros((example_x.shape[0],), jnp.float32)
+    return model.init(key, example_x, t_B)["params"]

@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
-import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnd import ode, walks
+from nnd import batching, ode, walks
 from nnd import processes as processes_lib
 from nnd.increments import Law
 from nnd.processes import Process, ScoreFn
@@ -207,25 +205,21 @@ def _apply(model, params, x, t_B):
 
 
 def draw(model: nn.Module, params, process: Process, law: Law, settings: Settings,
-         example_shape: tuple, num_samples: int, key: jax.Array, *, progress_every: float = 30.0):
-    """(samples [N, *example_shape] on the host, mean NFE per sample) from an ε-network.
+         example_shape: tuple, num_samples: int, key: jax.Array):
+    """(samples [N, *example_shape] on the host, mean NFE per batch) from an ε-network.
 
     Drawn ``settings.batch_size`` at a time with the cached :func:`compiled`
-    sampler; batch i uses ``fold_in(key, i)``. Logs progress with an ETA every
-    ``progress_every`` seconds when there is more than one batch.
+    sampler (:func:`nnd.batching.map_batches`, which logs progress with an ETA);
+    batch i uses ``fold_in(key, i)``.
     """
     batch = min(num_samples, settings.batch_size)
     draw_batch = compiled(model, process, law, (batch,) + tuple(example_shape), settings)
-    num_batches = -(-num_samples // batch)
-    chunks, nfes = [], []
-    start = last = time.time()
-    for i in range(num_batches):
+    nfes = []
+
+    def one_batch(_, i):
         x, nfe = draw_batch(params, jax.random.fold_in(key, i))
-        chunks.append(np.asarray(x))
-        nfes.append(int(nfe))
-        now = time.time()
-        if num_batches > 1 and (now - last > progress_every or i + 1 == num_batches):
-            eta = (now - start) / (i + 1) * (num_batches - i - 1)
-            logging.info("sampling: batch %d/%d, ETA %.0f s", i + 1, num_batches, eta)
-            last = now
-    return np.concatenate(chunks)[:num_samples], float(np.mean(nfes))
+        nfes.append(nfe)
+        return x
+
+    samples = batching.map_batches(one_batch, np.arange(num_samples), batch, label="sampling")
+    return samples, float(np.mean([int(n) for n in nfes]))

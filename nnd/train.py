@@ -28,7 +28,7 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from nnd import checkpoints, data, keys, losses, pictures, samplers, summaries
+from nnd import checkpoints, data, keys, losses, models, pictures, samplers, summaries
 from nnd import config as config_lib
 
 __all__ = ["TrainState", "Run", "make_optimizer", "init_state", "abstract_state", "train_step",
@@ -59,8 +59,7 @@ def make_optimizer(optim, num_steps: int):
 
 
 def init_state(model, tx, key, example_x) -> TrainState:
-    t = jnp.zeros((example_x.shape[0],), jnp.float32)
-    params = model.init(key, example_x, t)["params"]
+    params = models.init_params(model, key, example_x)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
 
