@@ -230,8 +230,8 @@ def gaussian_step_kl(process: processes_lib.Process, scheme: str, x0: jax.Array,
     p_θ is the reverse step of ``scheme`` with Gaussian noise (:func:`nnd.walks.reverse_update`).
     For ``ancestral`` the two share their variance and
 
-    .. math::  \mathrm{KL} = 	frac12\, \mathrm{expm1}(\lambda_s - \lambda_t)\,
-               \|arepsilon_	heta - arepsilon\|^2;
+    .. math::  \mathrm{KL} = \tfrac12\, \mathrm{expm1}(\lambda_s - \lambda_t)\,
+               \|\varepsilon_\theta - \varepsilon\|^2;
 
     for ``euler`` (mean x_t - [f x_t - g² s_θ]Δt, variance g²Δt) and ``analytic`` the
     variances differ and the KL is ½ Σ_i [(μ̃ - μ_θ)²/v_θ + ρ - 1 - log ρ], ρ = σ_s² r / v_θ.

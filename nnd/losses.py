@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnd import increments, processes
+from nnd import increments, processes, walks
 from nnd.increments import Law
 
 __all__ = [
@@ -267,19 +267,37 @@ def scheme_scale(process: processes.Process, scheme: str, t, s) -> jax.Array:
     return jnp.sqrt(jnp.expm1(process.log_snr(s) - process.log_snr(t)))
 
 
+def _step_scale_on_grid(process, scheme: str, t_grid, t_B):
+    """c_k of the step that ends at t_B = t_{k+1} of ``t_grid`` (from t_B down to t_k).
+
+    k + 1 is the grid point nearest t_B, so a time rounded on its way here still finds its step.
+    """
+    midpoints = 0.5 * (t_grid[1:] + t_grid[:-1])
+    k_B = jnp.maximum(jnp.searchsorted(midpoints, t_B), 1)
+    return scheme_scale(process, scheme, t_grid[k_B], t_grid[k_B - 1])
+
+
 def step_loss(eps_BxD, eps_pred_BxD, t_B, *, process, q, p, num_steps: int,
+              scheme: str = walks.DEFAULT_SCHEME, grid: str = processes.DEFAULT_GRID,
               subtract_penalty: bool = True):
     """The per-step KL L_k of eq. (5) for each example, in nats.
 
-    .. math::  L_k = \\sum_i \\ell_{q,p}(u_i), \\quad
-               u = \\frac{g(t)\\sqrt{\\Delta t}}{\\sigma(t)}(\\varepsilon_\\theta - \\varepsilon),
-               \\quad t = t_{k+1},\\ \\Delta t = (1 - t_\\varepsilon)/K.
+    .. math::  L_k = \\sum_i \\ell_{q,p}(u_i), \\quad u = c_k(\\varepsilon_\\theta - \\varepsilon),
+
+    with c_k the scale of the sampler's step from t = t_{k+1} down to s = t_k of the
+    K-step ``grid`` (:func:`scheme_scale`): √expm1(λ_s - λ_t) for ``ancestral`` and
+    ``analytic``, g(t)√(t - s)/σ(t) for ``euler`` (eq. 5 as the paper writes it, on the
+    ``t`` grid). For q = p = gaussian with the ``ancestral`` scheme, L_k is the exact
+    KL of that step against the forward posterior (SPEC §5), the term of
+    :func:`nnd.likelihood.walk_bound`.
 
     Args:
       eps_BxD: the noise ε of x_t = alpha x_0 + sigma ε, any shape [B, ...].
       eps_pred_BxD: the model's ε_θ(x_t, t), same shape.
-      t_B: time t_{k+1} of each example.
+      t_B: time t_{k+1} of each example, a point of the grid (:func:`training_draw`).
       process, q, p, num_steps: the forward process, the laws and K.
+      scheme, grid: the reverse step and the grid (:data:`nnd.walks.SCHEMES`,
+        :data:`nnd.processes.GRIDS`) whose c_k weighs each step.
       subtract_penalty: if True return Σ_i (ℓ(u_i) - ℓ(0)), which is zero for a
         perfect model; if False the full KL Σ_i ℓ(u_i).
 
@@ -287,15 +305,23 @@ def step_loss(eps_BxD, eps_pred_BxD, t_B, *, process, q, p, num_steps: int,
       [B] array.
     """
     num_steps = processes.check_num_steps(num_steps)
-    c_B = processes.per_example(step_scale(process, t_B, num_steps), eps_BxD)
+    _check_scheme(scheme)
+    t_grid = processes.sampling_grid(process, num_steps, grid)
+    c_B = processes.per_example(_step_scale_on_grid(process, scheme, t_grid, t_B), eps_BxD)
     ell = shift_kl(q, p, c_B * (eps_pred_BxD - eps_BxD))
     if subtract_penalty:
         ell = ell - penalty(q, p, ell.dtype)
     return jnp.sum(ell.reshape(ell.shape[0], -1), axis=-1)
 
 
-def training_draw(key, process: processes.Process, x0_BxD: jax.Array, num_steps: int):
-    """The draw of the eq. (5) objective: k ~ U{0..K-1}, t = t_{k+1}, ε ~ N(0, I), x_t = αx_0 + σε.
+def _check_scheme(scheme: str) -> None:
+    if scheme not in walks.SCHEMES:
+        raise ValueError(f"unknown reverse scheme {scheme!r}; choose one of {walks.SCHEMES}")
+
+
+def training_draw(key, process: processes.Process, x0_BxD: jax.Array, num_steps: int,
+                  grid: str = processes.DEFAULT_GRID):
+    """The draw of the eq. (5) objective: k ~ U{0..K-1}, t = t_{k+1} of ``grid``, ε ~ N(0, I), x_t = αx_0 + σε.
 
     Returns:
       (t_B, eps_BxD, x_BxD). x comes from the Gaussian marginal, which Theorem 3.3
@@ -304,13 +330,13 @@ def training_draw(key, process: processes.Process, x0_BxD: jax.Array, num_steps:
     num_steps = processes.check_num_steps(num_steps)
     key_t, key_eps = jax.random.split(key)
     k_B = jax.random.randint(key_t, (x0_BxD.shape[0],), 0, num_steps)
-    t_grid, _ = processes.time_grid(process, num_steps)
-    t_B = t_grid[k_B + 1]
+    t_B = processes.sampling_grid(process, num_steps, grid)[k_B + 1]
     eps_BxD = jax.random.normal(key_eps, x0_BxD.shape, x0_BxD.dtype)
     return t_B, eps_BxD, process.marginal(x0_BxD, eps_BxD, t_B)
 
 
 def objective(eps_fn, x0_BxD, key, *, process, q, p, num_steps: int,
+              scheme: str = walks.DEFAULT_SCHEME, grid: str = processes.DEFAULT_GRID,
               include_penalty: bool = False):
     """Monte-Carlo estimate of the training objective of eq. (5) for each example.
 
@@ -318,21 +344,26 @@ def objective(eps_fn, x0_BxD, key, *, process, q, p, num_steps: int,
                \\Big[K \\sum_i \\big(\\ell_{q,p}(u_i) - \\ell_{q,p}(0)\\big)\\Big],
                \\quad x = \\alpha x_0 + \\sigma\\varepsilon \\text{ at } t_{k+1}
 
-    with the draw of :func:`training_draw`.
+    with the draw of :func:`training_draw` on ``grid`` and u = c_k(ε_θ - ε) weighted by
+    the c_k of ``scheme`` (:func:`step_loss`). Train with the scheme and grid the sampler
+    runs: for G/G the objective is then the step sum of that sampler's bound
+    (:func:`nnd.likelihood.walk_bound`); ``scheme="euler", grid="t"`` is eq. (5) as the
+    paper writes it.
 
     Args:
       eps_fn: ``eps_fn(x_BxD, t_B) -> eps_pred_BxD`` (the model, params bound).
       x0_BxD: data batch.
       key: PRNG key; split here into the time and noise draws.
+      scheme, grid: as in :func:`step_loss`.
       include_penalty: add back K·D·ℓ(0) so the value is K·L_k itself.
 
     Returns:
       (loss_B, t_B): per-example loss and the time each example was drawn at.
     """
     num_steps = processes.check_num_steps(num_steps)
-    t_B, eps_BxD, x_BxD = training_draw(key, process, x0_BxD, num_steps)
+    t_B, eps_BxD, x_BxD = training_draw(key, process, x0_BxD, num_steps, grid)
     loss_B = num_steps * step_loss(
         eps_BxD, eps_fn(x_BxD, t_B), t_B, process=process, q=q, p=p,
-        num_steps=num_steps, subtract_penalty=not include_penalty,
+        num_steps=num_steps, scheme=scheme, grid=grid, subtract_penalty=not include_penalty,
     )
     return loss_B, t_B

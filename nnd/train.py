@@ -92,6 +92,7 @@ def train_step(state: TrainState, batch, key, *, model, tx, experiment, ema_deca
         loss_B, t_B = losses.objective(
             eps_fn, batch, key_loss, process=experiment.process, q=experiment.q,
             p=experiment.p, num_steps=experiment.num_steps,
+            scheme=experiment.sampling.scheme, grid=experiment.sampling.grid,
         )
         return jnp.mean(loss_B), (loss_B, t_B)
 

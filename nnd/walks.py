@@ -65,8 +65,8 @@ def ancestral_step(process: processes_lib.Process, x: jax.Array, eps: jax.Array,
 
     With λ = log(α²/σ²), r = -expm1(λ_t - λ_s) ∈ (0, 1) and x̂_0 = (x_t - σ_t ε)/α_t (SPEC §3):
 
-    .. math::  x_s = rac{lpha_s}{lpha_t}(1 - r)\, x_t + lpha_s r\, \hat x_0
-                     + \sqrt{\sigma_s^2 r + (lpha_s r)^2 v}\; z,
+    .. math::  x_s = \frac{\alpha_s}{\alpha_t}(1 - r)\, x_t + \alpha_s r\, \hat x_0
+                     + \sqrt{\sigma_s^2 r + (\alpha_s r)^2 v}\; z,
 
     z standardised of any law; ``x0_variance`` v = Var[x_0 | x_t] per coordinate (0:
     the plain ancestral step, which under-disperses where a step is long in λ; see
@@ -87,8 +87,8 @@ def posterior_x0_variance(process: processes_lib.Process, eps: jax.Array, t) -> 
     Since E ε² = 1, Var[ε | x_t] = 1 - E[E[ε | x_t]²], and x_0 = (x_t - σ ε)/α gives
     (Analytic-DPM, Bao et al. 2022)
 
-    .. math::  \mathrm{Var}[x_0 \mid x_t] pprox rac{\sigma_t^2}{lpha_t^2}
-               \Big(1 - \overline{arepsilon_	heta^2}\Big)_+,
+    .. math::  \mathrm{Var}[x_0 \mid x_t] \approx \frac{\sigma_t^2}{\alpha_t^2}
+               \Big(1 - \overline{\varepsilon_\theta^2}\Big)_+,
 
     the mean of ε_θ² taken over the batch and coordinates (one value per step).
     """

@@ -104,10 +104,10 @@ def test_points_are_the_training_draw(setup, num_steps):
     process, gmm, _ = setup
     key = jax.random.key(3)
     points = bias.draw_points(key, process, gmm, num_steps, 5000)
-    # x_0 from the data, then exactly the training draw of eq. (5) with the rest of the key
+    # x_0 from the data, then exactly the training draw of eq. (5) (paper grid) with the rest of the key
     key_x0, key_draw = jax.random.split(key)
     x0 = oracles.sample_gmm(key_x0, gmm, 5000)
-    t, eps, x = losses.training_draw(key_draw, process, x0, num_steps)
+    t, eps, x = losses.training_draw(key_draw, process, x0, num_steps, grid="t")
     for name, value in (("x0", x0), ("t", t), ("eps", eps), ("x", x)):
         np.testing.assert_array_equal(points[name], np.asarray(value), err_msg=name)
     grid, dt = processes.time_grid(process, num_steps)

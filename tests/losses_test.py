@@ -331,22 +331,72 @@ def _random_eps(seed, shape):
         np.float32)
 
 
+def _t_grid():
+    """t_0 .. t_K of the paper's grid, written out (independent of nnd)."""
+    return PROCESS.t_eps + (1.0 - PROCESS.t_eps) / K * np.arange(K + 1)
+
+
+def _log_snr(t):
+    t = np.asarray(t, np.float32)
+    return 2.0 * (np.log(np.asarray(PROCESS.alpha(t), np.float64))
+                  - np.log(np.asarray(PROCESS.sigma(t), np.float64)))
+
+
+def _lambda_grid():
+    """t_0 .. t_K equally spaced in λ = log(α²/σ²), by numpy bisection (independent of nnd's)."""
+    lam = np.linspace(_log_snr(PROCESS.t_eps), _log_snr(1.0), K + 1)
+    lo, hi = np.full(K + 1, PROCESS.t_eps), np.ones(K + 1)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        above = _log_snr(mid) > lam
+        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+    return 0.5 * (lo + hi)
+
+
 @pytest.mark.parametrize("q, p", [("laplace", "laplace"), ("uniform", "laplace")])
-def test_step_loss_matches_hand_computation(q, p):
+@pytest.mark.parametrize("scheme, grid", [("euler", "t"), ("ancestral", "lambda")])
+def test_step_loss_matches_hand_computation(q, p, scheme, grid):
+    # euler on the t grid: c = g(t)√Δt/σ(t) (eq. 5 as the paper writes it); ancestral on
+    # the λ grid: c = √expm1(λ_s - λ_t) with λ_s - λ_t = (λ(t_eps) - λ(1))/K at every step.
     eps, eps_pred = _random_eps(0, (3, 4))
-    t = np.array([0.05, 0.4, 0.9], np.float32)
-    dt = (1.0 - PROCESS.t_eps) / K
-    scale = np.asarray(PROCESS.g(t), np.float64) * math.sqrt(dt) / np.asarray(
-        PROCESS.sigma(t), np.float64)
+    k = np.array([1, 4, 9])
+    if scheme == "euler":
+        t = _t_grid()[k].astype(np.float32)
+        dt = (1.0 - PROCESS.t_eps) / K
+        scale = np.asarray(PROCESS.g(t), np.float64) * math.sqrt(dt) / np.asarray(
+            PROCESS.sigma(t), np.float64)
+    else:
+        t = _lambda_grid()[k].astype(np.float32)
+        scale = np.full(3, math.sqrt(math.expm1((_log_snr(PROCESS.t_eps) - _log_snr(1.0)) / K)))
     u = scale[:, None] * (eps_pred.astype(np.float64) - eps)
     full = _ell_numpy(q, p, u).sum(axis=1)
     penalty = _ell_numpy(q, p, 0.0)
-    kwargs = dict(process=PROCESS, q=q, p=p, num_steps=K)
+    kwargs = dict(process=PROCESS, q=q, p=p, num_steps=K, scheme=scheme, grid=grid)
     got_full = losses.step_loss(eps, eps_pred, t, subtract_penalty=False, **kwargs)
     got = losses.step_loss(eps, eps_pred, t, **kwargs)
     assert got.shape == (3,)
     np.testing.assert_allclose(np.asarray(got_full), full, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(got), full - 4 * penalty, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vp", "vdm"])
+def test_gaussian_step_loss_is_the_bound_term_of_the_sampler(name):
+    # With G/G, the default scheme and grid, the training step loss is the exact KL of the
+    # sampler's step against the forward posterior, the term of likelihood.walk_bound: the
+    # model minimises the bound of the sampler it runs.
+    from nnd import likelihood, walks
+    process = processes.get(name)
+    t_grid = processes.sampling_grid(process, K, processes.DEFAULT_GRID)
+    rng = np.random.default_rng(5)
+    x0 = jnp.asarray(rng.standard_normal((4, 3)), jnp.float32)
+    eps, eps_pred = (jnp.asarray(a) for a in _random_eps(6, (4, 3)))
+    for k in (0, 3, K - 1):
+        t, s = t_grid[k + 1], t_grid[k]
+        x = process.marginal(x0, eps, jnp.full((4,), t))
+        want = likelihood.gaussian_step_kl(process, walks.DEFAULT_SCHEME, x0, x, eps, eps_pred, t, s)
+        got = losses.step_loss(eps, eps_pred, jnp.full((4,), t), process=process, q="gaussian",
+                               p="gaussian", num_steps=K)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5)
 
 
 @pytest.mark.fast_first
@@ -365,12 +415,13 @@ def test_step_loss_of_perfect_model_is_the_penalty(q, p):
     np.testing.assert_allclose(np.asarray(full), 15 * ell0, rtol=1e-5)
 
 
-def test_gaussian_step_loss_is_weighted_mse():
-    # For G/G ℓ(u) = u²/2 exactly, so K L_k = ½ (g²/σ²) ‖ε - ε_θ‖² (1 - t_eps).
+def test_gaussian_euler_step_loss_is_weighted_mse():
+    # For G/G ℓ(u) = u²/2 exactly, so with euler on the t grid
+    # K L_k = ½ (g²/σ²) ‖ε - ε_θ‖² (1 - t_eps).
     eps, eps_pred = _random_eps(2, (4, 6))
-    t = np.array([0.01, 0.1, 0.5, 1.0], np.float32)
+    t = _t_grid()[[1, 2, 5, 10]].astype(np.float32)
     got = K * losses.step_loss(eps, eps_pred, t, process=PROCESS, q="gaussian", p="gaussian",
-                               num_steps=K)
+                               num_steps=K, scheme="euler", grid="t")
     g2 = np.asarray(PROCESS.g(t), np.float64) ** 2
     sigma2 = np.asarray(PROCESS.sigma(t), np.float64) ** 2
     mse = np.sum((eps_pred.astype(np.float64) - eps) ** 2, axis=1)
@@ -378,9 +429,9 @@ def test_gaussian_step_loss_is_weighted_mse():
                                rtol=1e-5)
 
 
-def _toy_objective(w, x0, key, q="uniform", p="laplace", include_penalty=False):
+def _toy_objective(w, x0, key, q="uniform", p="laplace", include_penalty=False, **grid):
     loss, t = losses.objective(lambda x, t: w * x, x0, key, process=PROCESS, q=q, p=p,
-                               num_steps=K, include_penalty=include_penalty)
+                               num_steps=K, include_penalty=include_penalty, **grid)
     return loss.mean(), t
 
 
@@ -394,15 +445,16 @@ def test_objective_jits_and_has_finite_gradients():
     assert np.isfinite(grad) and grad != 0.0
 
 
-def test_objective_times_lie_on_the_grid():
-    # t = t_{k+1} = t_eps + (k + 1) Δt with k ~ U{0..K-1}: never t_0, every t_1..t_K
+@pytest.mark.parametrize("grid", ["t", "lambda"])
+def test_objective_times_lie_on_the_grid(grid):
+    # t = t_{k+1} with k ~ U{0..K-1}: never t_0, every t_1..t_K of the grid
     # (with B = 512 the chance of missing one is K (1 - 1/K)^B ≈ 1e-22).
     x0 = jnp.zeros((512, 1))
-    _, t = jax.jit(lambda key: _toy_objective(0.0, x0, key))(jax.random.PRNGKey(1))
+    _, t = jax.jit(lambda key: _toy_objective(0.0, x0, key, grid=grid))(jax.random.PRNGKey(1))
     t = np.asarray(t, np.float64)
-    grid = PROCESS.t_eps + (1.0 - PROCESS.t_eps) / K * np.arange(K + 1)  # t_0 .. t_K
-    index = np.abs(t[:, None] - grid[None, :]).argmin(axis=1)
-    np.testing.assert_allclose(t, grid[index], atol=1e-6)  # float32 times
+    points = _t_grid() if grid == "t" else _lambda_grid()
+    index = np.abs(t[:, None] - points[None, :]).argmin(axis=1)
+    np.testing.assert_allclose(t, points[index], rtol=1e-5, atol=1e-6)  # float32 times
     assert set(index.tolist()) == set(range(1, K + 1))
 
 

@@ -255,7 +255,8 @@ def test_posterior_sd_is_accurate_when_alpha_is_small(mixture):
 
 def _training_points(process, gmm, num_steps, n, seed):
     key_x0, key_draw = jax.random.split(jax.random.key(seed))
-    t, _, x = losses.training_draw(key_draw, process, oracles.sample_gmm(key_x0, gmm, n), num_steps)
+    t, _, x = losses.training_draw(key_draw, process, oracles.sample_gmm(key_x0, gmm, n), num_steps,
+                                   grid="t")  # the grid of step_scale, which loss_minimiser uses
     return x, t
 
 

@@ -130,7 +130,7 @@ def draw_points(key: jax.Array, process: Process, gmm: oracles.GMM, num_steps: i
     """
     key_x0, key_draw = jax.random.split(key)
     x0_NxD = oracles.sample_gmm(key_x0, gmm, n)
-    t_N, eps_NxD, x_NxD = losses.training_draw(key_draw, process, x0_NxD, num_steps)
+    t_N, eps_NxD, x_NxD = losses.training_draw(key_draw, process, x0_NxD, num_steps, grid="t")
     points = {"x0": np.asarray(x0_NxD), "t": np.asarray(t_N), "eps": np.asarray(eps_NxD),
               "x": np.asarray(x_NxD), "quartile": quartile_of(t_N),
               "c": np.asarray(losses.step_scale(process, t_N, num_steps), np.float64)}
