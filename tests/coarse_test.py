@@ -21,7 +21,8 @@ def test_trains_missing_runs_and_measures_each_k(tmp_path):
                         train_missing=True, overrides=TINY)
     row = result["runs"]["toy_laplace"]
     assert row["step"] == 4 and (row["scheme"], row["grid"]) == ("ancestral", "lambda")
-    assert row["by_steps"]["3"]["nfe"] == 3 and row["by_steps"]["7"]["nfe"] == 7
+    # K walk steps and the final Tweedie step
+    assert row["by_steps"]["3"]["nfe"] == 4 and row["by_steps"]["7"]["nfe"] == 8
     for cell in row["by_steps"].values():
         assert cell["finite"] and cell["energy_distance"] > 0 and cell["blob_width"] > 0
     assert abs(row["data_floor"]) < 0.05 and abs(row["data_blob_width"] - 0.02) < 0.01
