@@ -32,13 +32,16 @@ ROWS = {
 #: What each model takes (nnd.models.MODELS), with its defaults.
 MODEL_DEFAULTS = {
     # 2-D data: residual MLP of `depth` blocks of width `hidden`
-    "mlp": dict(hidden=256, depth=3, embed_dim=64),
+    "mlp": dict(hidden=256, depth=3, embed_dim=64, dtype="float32"),
     # VDM's score network: `num_blocks` residual blocks of width `channels`, no downsampling
-    "vdm": dict(channels=128, num_blocks=32, embed_dim=128, dropout=0.1),
+    # (its identical blocks are scanned: `remat` recomputes their activations in the backward pass)
+    "vdm": dict(channels=128, num_blocks=32, embed_dim=128, dropout=0.1, remat=False, dtype="float32"),
     # DDPM++-style U-Net: width `channels` x `channel_mult` per level, attention at `attn_resolutions`
     "unet": dict(channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
-                 embed_dim=128, dropout=0.1),
+                 embed_dim=128, dropout=0.1, remat=False, dtype="float32"),
 }
+# Every model's `dtype` is its compute dtype: float32 | bfloat16 (parameters and optimiser
+# state stay float32; likelihood and the walk bound run at float32 'highest' precision).
 
 
 def model(name: str, **overrides) -> ml_collections.ConfigDict:

@@ -10,6 +10,7 @@ weights are moved off their initial values).
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -202,3 +203,88 @@ def test_embedding_scale_matches_ddpm():
     # t is scaled by 1000: the highest frequency turns by 1000 rad over t ∈ [0, 1]
     emb = np.asarray(models.sinusoidal_embedding(jnp.array([1.0]), 2))
     np.testing.assert_allclose(emb[0], [math.sin(1000.0), math.cos(1000.0)], atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------
+# VDMNet's scanned blocks, remat and the compute dtype
+
+
+def _unrolled_vdmnet(model, params, x, t):
+    """VDMNet written out block by block from the scanned model's parameters: block i of
+    ``down`` / ``up`` uses the i-th slice of the stacked weights."""
+    p = params["params"]
+    apply = lambda module, name, *args: module.apply({"params": p[name]}, *args)  # noqa: E731
+    emb = models.sinusoidal_embedding(t, model.embed_dim)
+    dense = nn.Dense(4 * model.embed_dim)
+    # linen names a module when it is built: the outer Dense (built first) is Dense_0
+    emb = apply(dense, "Dense_0", nn.silu(apply(dense, "Dense_1", emb)))
+    h = apply(nn.Conv(model.channels, (3, 3)), "Conv_0", x)
+    block = models.ResBlock(model.channels, model.dropout)
+    skips = [h]
+    for i in range(model.num_blocks):
+        h = block.apply({"params": jax.tree.map(lambda a: a[i], p["down"]["block"])}, h, emb)
+        skips.append(h)
+    h = apply(block, "ResBlock_0", h, emb)
+    h = apply(models.AttnBlock(), "AttnBlock_0", h)
+    h = apply(block, "ResBlock_1", h, emb)
+    for i in range(model.num_blocks + 1):
+        h = block.apply({"params": jax.tree.map(lambda a: a[i], p["up"]["block"])},
+                        jnp.concatenate([h, skips.pop()], -1), emb)
+    h = nn.silu(apply(nn.GroupNorm(num_groups=2), "GroupNorm_0", h))
+    return apply(nn.Conv(x.shape[-1], (3, 3)), "Conv_1", h)
+
+
+def test_vdmnet_scan_equals_the_unrolled_network():
+    model = models.VDMNet(channels=8, num_blocks=3, embed_dim=8, dropout=0.0)
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
+    t = jnp.array([0.2, 0.7])
+    params = _perturb(jax.jit(model.init)(jax.random.key(0), x, t))
+    # one set of weights per block, stacked: 3 down, 4 up
+    assert params["params"]["down"]["block"]["Conv_0"]["kernel"].shape == (3, 3, 3, 8, 8)
+    assert params["params"]["up"]["block"]["Conv_0"]["kernel"].shape == (4, 3, 3, 16, 8)
+    # distinct weights per block (fresh init keys per step of the scan)
+    k = np.asarray(params["params"]["down"]["block"]["Conv_0"]["kernel"])
+    assert np.abs(k[0] - k[1]).max() > 1e-3
+    scanned = np.asarray(jax.jit(model.apply)(params, x, t))
+    unrolled = np.asarray(jax.jit(functools.partial(_unrolled_vdmnet, model))(params, x, t))
+    np.testing.assert_allclose(scanned, unrolled, rtol=1e-5, atol=1e-6 * np.abs(unrolled).max())
+
+
+def test_remat_changes_neither_parameters_nor_outputs_nor_gradients():
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
+    t = jnp.array([0.2, 0.7])
+    for make in (lambda **k: models.VDMNet(channels=8, num_blocks=2, embed_dim=8, dropout=0.5, **k),
+                 lambda **k: models.UNet(channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                                         attn_resolutions=(4,), embed_dim=8, dropout=0.5, **k)):
+        plain, remat = make(), make(remat=True)
+        params = _perturb(jax.jit(plain.init)(jax.random.key(0), x, t))
+        assert (jax.tree.structure(params)
+                == jax.tree.structure(jax.eval_shape(remat.init, jax.random.key(0), x, t)))
+
+        def loss(model, params):
+            out = model.apply(params, x, t, train=True, rngs={"dropout": jax.random.key(3)})
+            return jnp.sum(out ** 2)
+
+        a, ga = jax.jit(jax.value_and_grad(functools.partial(loss, plain)))(params)
+        b, gb = jax.jit(jax.value_and_grad(functools.partial(loss, remat)))(params)
+        np.testing.assert_allclose(float(b), float(a), rtol=1e-5)
+        scale = max(float(np.abs(u).max()) for u in jax.tree.leaves(ga))
+        for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+            np.testing.assert_allclose(np.asarray(v), np.asarray(u), rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_output():
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
+    t = jnp.array([0.2, 0.7])
+    f32 = models.VDMNet(channels=8, num_blocks=2, embed_dim=8, dropout=0.0)
+    bf16 = models.VDMNet(channels=8, num_blocks=2, embed_dim=8, dropout=0.0, dtype="bfloat16")
+    params = _perturb(jax.jit(f32.init)(jax.random.key(0), x, t))
+    assert {a.dtype for a in jax.tree.leaves(jax.eval_shape(bf16.init, jax.random.key(0), x, t))} \
+        == {jnp.dtype(jnp.float32)}
+    ref = np.asarray(jax.jit(f32.apply)(params, x, t))
+    out = jax.jit(bf16.apply)(params, x, t)
+    assert out.dtype == jnp.float32
+    err = np.abs(np.asarray(out) - ref).max() / np.abs(ref).max()
+    assert 1e-6 < err < 5e-2  # bfloat16 rounding: visible, small
+    with pytest.raises(ValueError, match="dtype"):
+        models.make("vdm", dtype="float16").init(jax.random.key(0), x, t)
