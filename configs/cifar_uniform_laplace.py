@@ -1,5 +1,7 @@
 """CIFAR-10, Table 2 row q/p = uniform/laplace.
 
+Data (once per disk, before the first run; see launch/README.md):
+  python -m nnd.data prepare cifar10
 Launch:
   python -m nnd.main --config=configs/cifar_uniform_laplace.py --workdir=runs/cifar_uniform_laplace
 Target hardware: Cloud TPU v4-8 or 8 GPUs (data parallel); one CPU core cannot train it.

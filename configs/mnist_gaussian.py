@@ -1,5 +1,7 @@
 """MNIST, Table 2 row q/p = gaussian/gaussian.
 
+Data (once per disk, before the first run; see launch/README.md):
+  python -m nnd.data prepare mnist
 Launch:
   python -m nnd.main --config=configs/mnist_gaussian.py --workdir=runs/mnist_gaussian
 Target hardware: one GPU.

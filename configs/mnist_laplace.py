@@ -1,5 +1,7 @@
 """MNIST, Table 2 row q/p = laplace/laplace.
 
+Data (once per disk, before the first run; see launch/README.md):
+  python -m nnd.data prepare mnist
 Launch:
   python -m nnd.main --config=configs/mnist_laplace.py --workdir=runs/mnist_laplace
 Target hardware: one GPU.

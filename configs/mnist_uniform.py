@@ -1,5 +1,7 @@
 """MNIST, Table 2 row q/p = uniform/gaussian.
 
+Data (once per disk, before the first run; see launch/README.md):
+  python -m nnd.data prepare mnist
 Launch:
   python -m nnd.main --config=configs/mnist_uniform.py --workdir=runs/mnist_uniform
 Target hardware: one GPU.

@@ -15,6 +15,12 @@
 #   --python-version=PYTHON_VERSION  Python of the venv (default: 3.11; the TPU images ship
 #                              3.10, so uv fetches it)
 #   --jax-spec=JAX_SPEC        pip requirement for jax on TPU (default: jax[tpu])
+#   --prepare=PREPARE          image datasets to prepare on every worker after the install,
+#                              e.g. cifar10 or "cifar10 mnist" (python -m nnd.data prepare; into
+#                              ~/tensorflow_datasets, where training reads them) (default: none)
+#   --data-cache=DATA_CACHE    a gs:// folder for PREPARE: worker 0 downloads and prepares once
+#                              and puts the result there (or finds it there already), then every
+#                              worker copies it to its own disk (default: each worker downloads)
 #   REMOTE_DIR                 where nnd goes on each worker, relative to the home directory
 #                              (default: nnd; replaced on every install)
 #   REMOTE_VENV                the virtual environment, relative to home (default: nnd-venv)
@@ -33,8 +39,16 @@ REPO="${REPO:-$NND_ROOT}"
 BRANCH="${BRANCH:-main}"
 PYTHON_VERSION="${PYTHON_VERSION:-3.11}"
 JAX_SPEC="${JAX_SPEC:-jax[tpu]}"
-parse_flags "project zone tpu-name repo branch python-version jax-spec" "" "$@"
+PREPARE="${PREPARE:-}"
+DATA_CACHE="${DATA_CACHE:-}"
+parse_flags "project zone tpu-name repo branch python-version jax-spec prepare data-cache" "" "$@"
 require PROJECT ZONE TPU_NAME REPO BRANCH PYTHON_VERSION JAX_SPEC
+read -r -a datasets <<<"$PREPARE"
+for name in ${datasets[@]+"${datasets[@]}"}; do
+  [[ "$name" == cifar10 || "$name" == mnist ]] ||
+    die "PREPARE names '$name': only cifar10 and mnist are prepared (digits and the toys need nothing)"
+done
+[[ -z "$DATA_CACHE" || ${#datasets[@]} -gt 0 ]] || die "DATA_CACHE is set but PREPARE names no dataset"
 require_relative_path REMOTE_DIR
 require_relative_path REMOTE_VENV
 require_gcloud
@@ -65,3 +79,15 @@ tpu_ssh all "export PATH=\"\$HOME/.local/bin:\$PATH\"; { command -v uv >/dev/nul
 
 # 3. A check that needs no TPU (a pod slice's TPUs start only when every worker runs jax).
 tpu_ssh all "cd $dir && \"\$HOME\"/$venv/bin/python -c 'import jax, flax, nnd.main; print(\"nnd ok: jax\", jax.__version__)'"
+
+# 4. The data, ahead of training, so that no worker downloads when the run starts. With
+#    DATA_CACHE worker 0 fills the bucket first and the others copy from it; the copy
+#    goes to each worker's local disk, where the training reads it.
+if ((${#datasets[@]})); then
+  prepare="cd $dir && \"\$HOME\"/$venv/bin/python -m nnd.data prepare $(quote_all "${datasets[@]}")"
+  if [[ -n "$DATA_CACHE" ]]; then
+    prepare+=" --cache=$(quote "$DATA_CACHE")"
+    tpu_ssh 0 "$prepare"
+  fi
+  tpu_ssh all "$prepare"
+fi
