@@ -8,6 +8,10 @@ corrupted) is reported with a warning naming it and moved aside to
 
 Evaluation and sampling read only ``step`` and ``ema_params`` (:func:`restore_ema`),
 without an optimiser and without creating a ``checkpoints/`` folder.
+
+A workdir may be local or remote (``gs://bucket/run``): orbax reaches it through
+``etils.epath`` like every other artifact (:mod:`nnd.paths`). :func:`check_workdir`
+probes either kind before training.
 """
 
 from __future__ import annotations
@@ -22,22 +26,20 @@ import time
 import jax
 import orbax.checkpoint as ocp
 
+from nnd import paths
+
 __all__ = ["WorkdirError", "directory", "manager", "restore_latest", "set_aside", "restore_ema", "save",
-           "check_workdir", "Preemption"]
+           "latest_step", "check_workdir", "Preemption"]
 
 
 class WorkdirError(OSError):
     """The workdir cannot hold the run (not writable, too little room); the message names it."""
 
 
-def _is_local(path: str) -> bool:
-    return "://" not in path
-
-
 def directory(workdir: str) -> str:
     """``WORKDIR/checkpoints``, absolute for local paths (orbax needs that), as given for gs://."""
-    path = os.path.join(workdir, "checkpoints")
-    return os.path.abspath(path) if _is_local(path) else path
+    path = str(paths.get(workdir) / "checkpoints")
+    return path if paths.is_remote(path) else os.path.abspath(path)
 
 
 def manager(workdir: str, keep: int, *, create: bool = True) -> ocp.CheckpointManager:
@@ -93,7 +95,7 @@ def set_aside(mngr: ocp.CheckpointManager, steps, workdir: str, keep: int) -> oc
     if jax.process_index() == 0:
         for step in steps:
             path = os.path.join(str(mngr.directory), str(step))
-            if _is_local(path):
+            if not paths.is_remote(path):
                 target = f"{path}.unreadable.{int(time.time())}"
                 os.replace(path, target)
                 logging.warning("moved unreadable checkpoint %s to %s", path, target)
@@ -120,7 +122,7 @@ def restore_ema(workdir: str, abstract_params):
     """
     path = directory(workdir)
     missing = FileNotFoundError(f"no checkpoint in {path}: train first (--mode=train)")
-    if _is_local(path) and not os.path.isdir(path):
+    if not paths.get(path).is_dir():
         raise missing
     mngr = manager(workdir, keep=1, create=False)
     target = {"step": jax.ShapeDtypeStruct((), jax.numpy.int32), "ema_params": abstract_params}
@@ -136,24 +138,45 @@ def restore_ema(workdir: str, abstract_params):
     return step, restored["ema_params"]
 
 
+def latest_step(workdir: str) -> int | None:
+    """The newest finished checkpoint step in ``WORKDIR/checkpoints`` as stored now, or None.
+
+    Read afresh (a manager caches its step list); a save that did not finish is not
+    counted. Never raises: used to name the last good checkpoint after a failure.
+    """
+    try:
+        if not paths.get(directory(workdir)).is_dir():
+            return None
+        mngr = manager(workdir, keep=1, create=False)
+        try:
+            return mngr.latest_step()
+        finally:
+            mngr.close()
+    except Exception:  # noqa: BLE001  (a report after a failure must not fail)
+        return None
+
+
 def check_workdir(workdir: str, state=None, keep: int = 1) -> None:
     """Raises a clear :class:`WorkdirError` (an OSError), before training, if ``workdir`` cannot hold the run.
 
-    Checks (local paths only) that the directory can be created and written, and
-    that the free space holds ``keep + 1`` checkpoints of ``state`` (parameters,
-    EMA and optimiser state) with a 10% margin.
+    Checks that the directory can be created (local) and written: a small probe
+    file is written and removed, for local and remote (gs://) workdirs alike. For a
+    local workdir it also checks that the free space holds ``keep + 1`` checkpoints
+    of ``state`` (parameters, EMA and optimiser state) with a 10% margin.
+
+    Raises:
+      nnd.paths.UnsupportedPath: a URL that etils.epath cannot open (e.g. memory://).
     """
-    if not _is_local(workdir):
-        return
+    root = paths.get(workdir)
+    probe = root / f".nnd_write_probe_{os.getpid()}"
     try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".nnd_write_probe_{os.getpid()}")
-        with open(probe, "wb") as f:
-            f.write(b"\0" * 4096)
-        os.remove(probe)
-    except OSError as err:
-        raise WorkdirError(f"workdir {workdir!r} is not writable: {err}") from None
-    if state is not None:
+        paths.write(probe, b"\0" * 4096)
+        probe.unlink()
+    except Exception as err:  # noqa: BLE001  (remote clients raise more than OSError)
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        raise WorkdirError(f"workdir {workdir!r} is not writable: {type(err).__name__}: "
+                           f"{reason}") from None
+    if state is not None and not paths.is_remote(workdir):
         need = int(1.1 * (keep + 1) * sum(x.nbytes for x in jax.tree.leaves(state)))
         free = shutil.disk_usage(workdir).free
         if free < need:

@@ -17,6 +17,10 @@
   the paper's Figure 1), ``samples.png`` and ``shift_kl.png`` (ℓ_{q,p}(u) for the
   Table 1 pairs).
 
+The numbers and the three pictures also go to TensorBoard (``WORKDIR/tensorboard/eval``,
+tags ``eval/...``, at the checkpoint's step). The workdir may be local or gs://
+(:mod:`nnd.paths`).
+
 Both restore only the step and EMA parameters (:func:`restore`): no training data
 pipeline, no optimiser, no ``checkpoints/`` folder is created.
 
@@ -40,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nnd import batching, checkpoints, data, increments, keys, likelihood, losses, metrics
-from nnd import models, oracles, pictures, processes, samplers
+from nnd import models, oracles, paths, pictures, processes, samplers, summaries
 from nnd import config as config_lib
 
 __all__ = ["TABLE1_PAIRS", "Restored", "restore", "held_out", "draw", "evaluate", "sample"]
@@ -207,6 +211,10 @@ def _walk_bound(config, run: Restored, x, levels, key) -> dict:
     return result
 
 
+#: Images per call of the FID feature function (one network batch, so it logs nothing itself).
+FID_BATCH = 200
+
+
 def _fid(config, samples) -> dict | None:
     from nnd import fid, inception  # noqa: PLC0415  (heavy: only when weights are given)
 
@@ -216,26 +224,27 @@ def _fid(config, samples) -> dict | None:
     if config.data.name not in data.IMAGES:
         return {"skipped": "FID needs image data"}
     start = time.time()
-    feature_fn = inception.make_feature_fn(inception.load_weights(weights))
-    with open(weights, "rb") as f:
-        digest = hashlib.sha1(f.read()).hexdigest()[:12]
+    feature_fn = inception.make_feature_fn(inception.load_weights(weights), batch_size=FID_BATCH)
+    digest = hashlib.sha1(paths.get(weights).read_bytes()).hexdigest()[:12]
     cache_dir = config.eval.fid_cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "nnd")
-    cache = os.path.join(cache_dir, f"fid_{config.data.name}_train_{digest}.npz")
+    cache = str(paths.get(cache_dir) / f"fid_{config.data.name}_train_{digest}.npz")
     source = data.image_source(config.data.name, "train")
     spec = data.IMAGES[config.data.name]
 
-    def reals(batch=500):
-        for lo in range(0, len(source), batch):
-            hi = min(lo + batch, len(source))
+    def reals():
+        for lo in range(0, len(source), FID_BATCH):
+            hi = min(lo + FID_BATCH, len(source))
             n = np.stack([np.asarray(source[i]["image"]).reshape(spec.shape) for i in range(lo, hi)])
             yield 2.0 * n.astype(np.float32) / (spec.num_levels - 1) - 1.0
 
-    reference = fid.reference_statistics(feature_fn, reals(), cache)
-    return {"fid": fid.fid(feature_fn, samples, reference), "num_samples": len(samples),
-            "reference": cache, "seconds": time.time() - start}
+    reference = fid.reference_statistics(feature_fn, reals(), cache, total=len(source))
+    fakes = (samples[lo:lo + FID_BATCH] for lo in range(0, len(samples), FID_BATCH))
+    return {"fid": fid.fid(feature_fn, fakes, reference, total=len(samples)),
+            "num_samples": len(samples), "reference": cache, "seconds": time.time() - start}
 
 
-def _pictures(config, run: Restored, key, out_dir: str) -> list[str]:
+def _pictures(config, run: Restored, key, out_dir) -> dict[str, bytes]:
+    """Draws samples_by_law.png and shift_kl.png into ``out_dir`` (process 0); {file name: PNG}."""
     experiment = run.experiment
     n = 1000 if len(run.example_shape) == 1 else 64
     walk = dataclasses.replace(experiment.sampling, sampler="walk")
@@ -244,30 +253,34 @@ def _pictures(config, run: Restored, key, out_dir: str) -> list[str]:
         law = increments.parse(law_name)
         samples, nfe = draw(run, n, key, law=law, settings=walk)
         panels[f"{law_name} steps (NFE {nfe:.0f})"] = samples
-    by_law = os.path.join(out_dir, "samples_by_law.png")
-    pictures.side_by_side_png(
-        panels, by_law, f"{config.data.name}: trained with q={experiment.q}, p={experiment.p}; "
-        f"reverse walk, K={config.sampling.num_steps}, one seed, increment law per panel")
+    if jax.process_index() != 0:
+        return {}
+    pngs = {"samples_by_law.png": pictures.side_by_side_png(
+        panels, out_dir / "samples_by_law.png",
+        f"{config.data.name}: trained with q={experiment.q}, p={experiment.p}; "
+        f"reverse walk, K={config.sampling.num_steps}, one seed, increment law per panel")}
     u = np.linspace(-3.0, 3.0, 241, dtype=np.float32)
     pairs = list(TABLE1_PAIRS)
     own = (str(experiment.q), str(experiment.p))
     if own not in pairs:
         pairs.append(own)
     curves = {f"{q}/{p}": (u, np.asarray(losses.shift_kl(q, p, u))) for q, p in pairs}
-    kl_path = os.path.join(out_dir, "shift_kl.png")
-    pictures.shift_kl_png(curves, kl_path, "Table 1: per-coordinate KL of a shifted step",
-                          highlight=f"{own[0]}/{own[1]}")
-    return [by_law, kl_path]
+    pngs["shift_kl.png"] = pictures.shift_kl_png(
+        curves, out_dir / "shift_kl.png", "Table 1: per-coordinate KL of a shifted step",
+        highlight=f"{own[0]}/{own[1]}")
+    return pngs
 
 
 def evaluate(config, workdir: str) -> dict:
-    """Evaluates the latest EMA parameters; writes ``workdir/eval/metrics.json`` and pictures."""
+    """Evaluates the latest EMA parameters; writes ``workdir/eval/metrics.json``, pictures and
+    TensorBoard events (``workdir/tensorboard/eval``, at the checkpoint's step)."""
     start = time.time()
     run = restore(config, workdir)
+    checkpoints.check_workdir(workdir)  # writable, before minutes of work
     experiment = run.experiment
     root = keys.stream(run.root, keys.Stream.EVAL)
-    out_dir = os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = paths.get(workdir) / "eval"
+    writing = jax.process_index() == 0
     x, levels = held_out(config, config.eval.num_examples)
     result = {"step": run.step, "dataset": config.data.name, "q": str(experiment.q),
               "p": str(experiment.p), "num_steps": experiment.num_steps}
@@ -297,18 +310,24 @@ def evaluate(config, workdir: str) -> dict:
         width, nearest = metrics.nearest_centre(samples, oracles.gmm8().means)
         result["samples"]["blob_width"] = width
         result["samples"]["share_per_centre"] = (np.bincount(nearest, minlength=8) / n).tolist()
-    pictures.samples_png(samples, os.path.join(out_dir, "samples.png"), _title(config, run, nfe=nfe))
     fid_result = _fid(config, samples)
     if fid_result is not None:
         result["fid"] = fid_result
-    result["pictures"] = [os.path.basename(p) for p in
-                          _pictures(config, run, keys.stream(root, keys.EvalPart.PICTURES), out_dir)]
-    result["pictures"].append("samples.png")
+    pngs = _pictures(config, run, keys.stream(root, keys.EvalPart.PICTURES), out_dir)
+    if writing:
+        pngs["samples.png"] = pictures.samples_png(samples, out_dir / "samples.png",
+                                                   _title(config, run, nfe=nfe))
+    result["pictures"] = ["samples_by_law.png", "shift_kl.png", "samples.png"]
     result["wall_seconds"] = time.time() - start
-    if jax.process_index() == 0:
-        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-            json.dump(result, f, indent=2)
-    logging.info("eval written to %s (%.0f s)", out_dir, result["wall_seconds"])
+    if writing:
+        paths.write(out_dir / "metrics.json", json.dumps(result, indent=2))
+        events = summaries.Events(str(paths.get(workdir) / "tensorboard" / "eval"))
+        events.scalars(run.step, summaries.flatten(
+            {k: v for k, v in result.items() if k != "step"}, "eval/"))
+        events.images(run.step, {f"eval/{name.removesuffix('.png')}": png
+                                 for name, png in pngs.items()})
+    logging.info("eval written to %s and %s (%.0f s)", out_dir,
+                 paths.get(workdir) / "tensorboard" / "eval", result["wall_seconds"])
     return result
 
 
@@ -319,8 +338,11 @@ def sample(config, workdir: str):
     training batches, and ``nfe``) and ``workdir/samples.png``.
     """
     run = restore(config, workdir)
+    checkpoints.check_workdir(workdir)
     samples, nfe = draw(run, config.sampling.num_samples, keys.stream(run.root, keys.Stream.SAMPLE))
-    np.savez(os.path.join(workdir, "samples.npz"), samples=samples, nfe=nfe)
-    pictures.samples_png(samples, os.path.join(workdir, "samples.png"), _title(config, run, nfe=nfe))
-    logging.info("%d samples (NFE %.0f) in %s/samples.npz", len(samples), nfe, workdir)
+    if jax.process_index() == 0:
+        root = paths.get(workdir)
+        paths.savez(root / "samples.npz", samples=samples, nfe=nfe)
+        pictures.samples_png(samples, root / "samples.png", _title(config, run, nfe=nfe))
+    logging.info("%d samples (NFE %.0f) in %s", len(samples), nfe, paths.get(workdir) / "samples.npz")
     return samples

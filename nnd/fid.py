@@ -12,8 +12,12 @@ fitted to Inception pool features of two image sets (Dowson & Landau 1982):
 
 - :func:`statistics`: (mean, covariance) of features, in float64 on the host.
 - :func:`frechet_distance`: d² between two (mean, covariance), in float64 on the host.
-- :func:`reference_statistics`: a dataset's statistics, computed once and cached.
+- :func:`reference_statistics`: a dataset's statistics, computed once and cached
+  (a local or gs:// path, :mod:`nnd.paths`).
 - :func:`fid`: samples against reference statistics.
+
+Streams of batches log one progress line (images done, ETA) per interval when told
+their ``total``.
 
 The features come from any ``feature_fn: images [N, H, W, C] -> features [N, D]``; the
 FID one is :func:`nnd.inception.make_feature_fn` (the network and its weights live in
@@ -23,12 +27,13 @@ FID one is :func:`nnd.inception.make_feature_fn` (the network and its weights li
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
+import time
 from typing import Callable, Iterable
 
 import numpy as np
 from jax.typing import ArrayLike
+
+from nnd import paths
 
 __all__ = [
     "statistics",
@@ -85,13 +90,18 @@ def _as_batches(images) -> Iterable:
     return [images] if hasattr(images, "ndim") else images
 
 
-def _feature_statistics(feature_fn: FeatureFn, batches) -> tuple[np.ndarray, np.ndarray, int]:
+def _feature_statistics(feature_fn: FeatureFn, batches, *, label: str = "FID features",
+                        total: int | None = None, progress_every: float = 30.0
+                        ) -> tuple[np.ndarray, np.ndarray, int]:
     """(mean, covariance, count) of ``feature_fn`` over batches, streamed in float64.
 
     Batches merge by Chan, Golub & LeVeque's (1979) pairwise update of (count, mean,
     centred sum of squares M), which equals the two-pass result without keeping features.
+    With ``total`` (the number of images), logs ``"<label>: n/total images, ETA"``
+    every ``progress_every`` seconds.
     """
     n, mean, m2 = 0, None, None
+    start = last = time.time()
     for batch in _as_batches(batches):
         f = np.asarray(feature_fn(batch), np.float64)
         if len(f) == 0:
@@ -101,52 +111,51 @@ def _feature_statistics(feature_fn: FeatureFn, batches) -> tuple[np.ndarray, np.
         m2_b = centred.T @ centred
         if mean is None:
             n, mean, m2 = len(f), mean_b, m2_b
-            continue
-        total = n + len(f)
-        delta = mean_b - mean
-        mean = mean + delta * (len(f) / total)
-        m2 = m2 + m2_b + np.outer(delta, delta) * (n * len(f) / total)
-        n = total
+        else:
+            count = n + len(f)
+            delta = mean_b - mean
+            mean = mean + delta * (len(f) / count)
+            m2 = m2 + m2_b + np.outer(delta, delta) * (n * len(f) / count)
+            n = count
+        now = time.time()
+        if total and (now - last > progress_every or n >= total):
+            logging.info("%s: %d/%d images, ETA %.0f s", label, n, total,
+                         (now - start) / n * max(total - n, 0))
+            last = now
     if n < 2:
         raise ValueError(f"FID statistics need at least 2 images, got {n}")
     return mean, m2 / (n - 1), n
 
 
 def _save_npz_atomically(path: str, arrays: dict) -> None:
-    """np.savez to a temporary file beside ``path``, then os.replace: never a torn file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp.npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp's 0o600 would make the file private
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """np.savez to ``path`` (local or remote), never leaving a torn file (:func:`nnd.paths.write`)."""
+    paths.savez(path, **arrays)
 
 
 def reference_statistics(feature_fn: FeatureFn, batches: ArrayLike | Iterable[ArrayLike],
-                         cache_path: str) -> tuple[np.ndarray, np.ndarray]:
+                         cache_path: str, *, total: int | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
     """Dataset (mu, sigma) of ``feature_fn`` features, computed once and cached at
-    ``cache_path`` (.npz). ``batches`` is an array [N, H, W, C] or an iterable of such
-    batches. An existing cache is loaded and ``batches`` never touched; a cache is tied
-    to its weights and dataset, so name the path after both."""
-    if os.path.exists(cache_path):
-        with np.load(cache_path) as npz:
-            mu, sigma, n = npz["mu"], npz["sigma"], int(npz["num_images"])
+    ``cache_path`` (.npz, local or gs://). ``batches`` is an array [N, H, W, C] or an
+    iterable of such batches (``total`` images, for the progress line). An existing
+    cache is loaded and ``batches`` never touched; a cache is tied to its weights and
+    dataset, so name the path after both."""
+    if paths.get(cache_path).exists():
+        npz = paths.load_npz(cache_path)
+        mu, sigma, n = npz["mu"], npz["sigma"], int(npz["num_images"])
         logging.info("FID reference statistics of %d images loaded from %s", n, cache_path)
         return mu, sigma
-    mu, sigma, n = _feature_statistics(feature_fn, batches)
+    mu, sigma, n = _feature_statistics(feature_fn, batches, label="FID reference statistics",
+                                       total=total)
     _save_npz_atomically(cache_path, {"mu": mu, "sigma": sigma, "num_images": np.asarray(n)})
     logging.info("FID reference statistics of %d images cached at %s", n, cache_path)
     return mu, sigma
 
 
 def fid(feature_fn: FeatureFn, samples: ArrayLike | Iterable[ArrayLike],
-        reference: tuple[ArrayLike, ArrayLike]) -> float:
+        reference: tuple[ArrayLike, ArrayLike], *, total: int | None = None) -> float:
     """FID of ``samples`` (an array [N, H, W, C] or an iterable of such batches, in
-    [-1, 1]) against ``reference = (mu, sigma)``."""
-    mu, sigma, _ = _feature_statistics(feature_fn, samples)
+    [-1, 1]; ``total`` images, for the progress line) against ``reference = (mu, sigma)``."""
+    mu, sigma, _ = _feature_statistics(feature_fn, samples, label="FID of the samples",
+                                       total=total)
     return frechet_distance(mu, sigma, *reference)

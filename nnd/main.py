@@ -12,7 +12,7 @@ from ml_collections import config_flags
 
 import jax
 
-from nnd import checkpoints, evaluate, train
+from nnd import checkpoints, evaluate, paths, train
 from nnd import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -26,7 +26,8 @@ flags.DEFINE_bool("debug", False, "Show the traceback of a config, workdir or mi
 flags.mark_flags_as_required(["config", "workdir"])
 
 #: A user's mistake: reported in one line naming the field or path (no traceback).
-USER_ERRORS = (config_lib.ConfigError, checkpoints.WorkdirError, FileNotFoundError)
+USER_ERRORS = (config_lib.ConfigError, checkpoints.WorkdirError, paths.UnsupportedPath,
+               FileNotFoundError)
 
 
 def multiprocess_environment(env=None) -> bool:

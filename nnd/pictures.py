@@ -1,13 +1,20 @@
 """Pictures: sample scatters and image grids, laws side by side, and ℓ_{q,p}(u) curves.
 
-matplotlib with the Agg backend, imported lazily (only pictures need it).
+matplotlib with the Agg backend, imported lazily (only pictures need it). Every
+picture is written through :mod:`nnd.paths` (a local or ``gs://`` path) and its PNG
+bytes are returned (TensorBoard shows them too).
 """
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
-__all__ = ["pyplot", "samples_png", "samples_title", "side_by_side_png", "shift_kl_png", "image_grid"]
+from nnd import paths
+
+__all__ = ["pyplot", "save", "samples_png", "samples_title", "side_by_side_png", "shift_kl_png",
+           "image_grid"]
 
 
 def pyplot():
@@ -47,17 +54,25 @@ def _draw(ax, samples, title):
     ax.set_title(title, fontsize=8)
 
 
-def _save(fig, path):
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+def save(fig, path, **savefig_kwargs) -> bytes:
+    """Saves ``fig`` as a PNG at ``path`` (local or remote), closes it and returns the bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", **savefig_kwargs)
     pyplot().close(fig)
+    paths.write(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
-def samples_png(samples, path: str, title: str):
+def _save(fig, path) -> bytes:
+    return save(fig, path, dpi=120, bbox_inches="tight")
+
+
+def samples_png(samples, path: str, title: str) -> bytes:
     """A scatter plot of [N, 2] samples or an image grid of [N, H, W, C] samples, as a PNG."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     _draw(ax, samples, title)
-    _save(fig, path)
+    return _save(fig, path)
 
 
 def samples_title(dataset: str, q, p, sampler: str, law, nfe: float | None = None) -> str:
@@ -66,7 +81,7 @@ def samples_title(dataset: str, q, p, sampler: str, law, nfe: float | None = Non
     return title + (f", NFE {nfe:.0f}" if nfe is not None else "")
 
 
-def side_by_side_png(panels: dict, path: str, title: str):
+def side_by_side_png(panels: dict, path: str, title: str) -> bytes:
     """One panel per entry ``{label: samples}`` in a row (the paper's Figure 1 layout)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.3), squeeze=False)
@@ -76,10 +91,10 @@ def side_by_side_png(panels: dict, path: str, title: str):
             ax.set_xlim(-1.8, 1.8)
             ax.set_ylim(-1.8, 1.8)
     fig.suptitle(title, fontsize=9)
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def shift_kl_png(curves: dict, path: str, title: str, highlight: str | None = None):
+def shift_kl_png(curves: dict, path: str, title: str, highlight: str | None = None) -> bytes:
     """ℓ_{q,p}(u) against u: ``curves = {label: (u, ell)}``; ``highlight`` drawn thicker."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -91,4 +106,4 @@ def shift_kl_png(curves: dict, path: str, title: str, highlight: str | None = No
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
-    _save(fig, path)
+    return _save(fig, path)

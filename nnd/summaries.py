@@ -1,51 +1,114 @@
-"""Training summaries: one JSON line per logged step plus TensorBoard scalars.
+"""Summaries: one JSON line per logged step, and TensorBoard scalars and images.
 
-Both go to the workdir (``metrics.jsonl`` and ``tensorboard/``) and only from
-process 0. TensorBoard event files are written with the ``tensorboard``
-package's own writer and protos, so no TensorFlow is needed.
+Training writes ``WORKDIR/metrics.jsonl`` and TensorBoard events in
+``WORKDIR/tensorboard``; evaluation writes its metrics and pictures as events in
+``WORKDIR/tensorboard/eval`` (a run of its own, at the checkpoint's step). Only
+process 0 writes. Events are TFRecords of ``tensorboard``'s own protos, framed by its
+``RecordWriter`` and written through :mod:`nnd.paths`, so a ``gs://`` workdir gets
+them in the bucket and no TensorFlow is needed.
 """
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import os
+import socket
+import struct
 import time
 
-__all__ = ["SummaryWriter"]
+from nnd import paths
+
+__all__ = ["Events", "SummaryWriter", "flatten"]
+
+
+_WRITERS = itertools.count()  # event files of this process: never two writers on one file
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    """(height, width) from a PNG's IHDR chunk."""
+    width, height = struct.unpack(">II", png[16:24])
+    return height, width
+
+
+class Events:
+    """A TensorBoard event file in ``logdir`` (one per writer), appended through :mod:`nnd.paths`."""
+
+    def __init__(self, logdir: str):
+        name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+                f"{os.getpid()}.{next(_WRITERS)}")
+        self.path = paths.get(logdir) / name
+        self._started = False
+
+    def _write(self, step: int, values: list) -> None:
+        from tensorboard.compat.proto import event_pb2, summary_pb2  # noqa: PLC0415
+        from tensorboard.summary.writer.record_writer import RecordWriter  # noqa: PLC0415
+
+        buffer = io.BytesIO()
+        records = RecordWriter(buffer)
+        if not self._started:
+            records.write(event_pb2.Event(wall_time=time.time(),
+                                          file_version="brain.Event:2").SerializeToString())
+        records.write(event_pb2.Event(wall_time=time.time(), step=step,
+                                      summary=summary_pb2.Summary(value=values)).SerializeToString())
+        paths.append(self.path, buffer.getvalue())
+        self._started = True
+
+    def scalars(self, step: int, scalars: dict) -> None:
+        """Writes ``{tag: number}`` at ``step``."""
+        from tensorboard.compat.proto import summary_pb2  # noqa: PLC0415
+
+        self._write(step, [summary_pb2.Summary.Value(tag=tag, simple_value=float(v))
+                           for tag, v in scalars.items()])
+
+    def images(self, step: int, images: dict) -> None:
+        """Writes ``{tag: PNG bytes}`` at ``step``."""
+        from tensorboard.compat.proto import summary_pb2  # noqa: PLC0415
+
+        values = []
+        for tag, png in images.items():
+            height, width = _png_size(png)
+            values.append(summary_pb2.Summary.Value(tag=tag, image=summary_pb2.Summary.Image(
+                height=height, width=width, colorspace=4, encoded_image_string=png)))
+        self._write(step, values)
+
+
+def flatten(record: dict, prefix: str = "") -> dict:
+    """``{tag: float}`` of the numbers in a nested record: dicts joined by "/", lists as tag_i.
+
+    Strings, None and booleans are left out.
+    """
+    out = {}
+    for key, value in record.items():
+        tag = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, tag + "/"))
+        elif isinstance(value, (list, tuple)):
+            out.update({f"{tag}_{i}": float(v) for i, v in enumerate(value)
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[tag] = float(value)
+    return out
 
 
 class SummaryWriter:
-    """Appends records to ``workdir/metrics.jsonl`` and scalars to ``workdir/tensorboard``."""
+    """Appends records to ``workdir/metrics.jsonl`` and events to ``workdir/tensorboard``."""
 
     def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
-        self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
-        self._events = None
-        if enabled:
-            from tensorboard.summary.writer.event_file_writer import (  # noqa: PLC0415
-                EventFileWriter,
-            )
-
-            self._events = EventFileWriter(os.path.join(workdir, "tensorboard"))
+        self.jsonl_path = paths.get(workdir) / "metrics.jsonl"
+        self.events = Events(str(paths.get(workdir) / "tensorboard")) if enabled else None
 
     def write(self, step: int, record: dict):
         """Writes ``record`` (numbers, or lists of numbers shown as tag_i) at ``step``."""
         if not self.enabled:
             return
-        with open(self.jsonl_path, "a") as f:
-            f.write(json.dumps({"step": step, **record}) + "\n")
-        from tensorboard.compat.proto import event_pb2, summary_pb2  # noqa: PLC0415
+        paths.append(self.jsonl_path, json.dumps({"step": step, **record}) + "\n")
+        self.events.scalars(step, flatten(record))
 
-        values = []
-        for tag, value in record.items():
-            items = value if isinstance(value, (list, tuple)) else [value]
-            for i, v in enumerate(items):
-                name = tag if len(items) == 1 and not isinstance(value, (list, tuple)) else f"{tag}_{i}"
-                values.append(summary_pb2.Summary.Value(tag=name, simple_value=float(v)))
-        self._events.add_event(event_pb2.Event(
-            wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values)))
-        self._events.flush()
+    def images(self, step: int, images: dict):
+        """Writes ``{tag: PNG bytes}`` to TensorBoard at ``step``."""
+        if self.enabled:
+            self.events.images(step, images)
 
-    def close(self):
-        if self._events is not None:
-            self._events.close()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 import time
 from typing import Callable
 
@@ -28,7 +27,7 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from nnd import checkpoints, data, keys, losses, models, pictures, samplers, summaries
+from nnd import checkpoints, data, keys, losses, models, paths, pictures, samplers, summaries
 from nnd import config as config_lib
 
 __all__ = ["TrainState", "Run", "make_optimizer", "init_state", "abstract_state", "train_step",
@@ -183,17 +182,18 @@ def build(config, workdir: str, *, batches, mesh) -> Run:
                example_shape=tuple(batches.shape))
 
 
-def _progress_picture(run: Run, config, params, step: int, workdir: str):
-    """Samples from the current EMA parameters, saved as ``workdir/samples/step_<N>.png``."""
+def _progress_picture(run: Run, config, params, step: int, workdir: str, writer):
+    """Samples from the current EMA parameters: ``workdir/samples/step_<N>.png`` and TensorBoard."""
     e = run.experiment
     n = 1000 if len(run.example_shape) == 1 else 64
     key = keys.stream(run.root, keys.Stream.SAMPLE, step)
     samples, nfe = samplers.draw(e.model, params, e.process, e.sampling_law, e.sampling,
                                  run.example_shape, n, key)
-    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-    path = os.path.join(workdir, "samples", f"step_{step}.png")
+    if not writer.enabled:  # every process samples (the devices are shared), process 0 writes
+        return
+    path = paths.get(workdir) / "samples" / f"step_{step}.png"
     title = pictures.samples_title(config.data.name, e.q, e.p, e.sampling.sampler, e.sampling_law, nfe)
-    pictures.samples_png(samples, path, f"{title}, step {step}")
+    writer.images(step, {"samples": pictures.samples_png(samples, path, f"{title}, step {step}")})
     logging.info("step %d: sample picture %s", step, path)
 
 
@@ -274,7 +274,8 @@ def train(config, workdir: str, *, batches=None, mesh=None) -> TrainState:
     compiles; SIGTERM saves a checkpoint at the current step and returns (rerun to
     resume, bit-identically); a non-finite loss or gradient raises
     FloatingPointError naming the step (no checkpoint is written after it) unless
-    ``train.skip_nonfinite``, which skips such steps and counts them.
+    ``train.skip_nonfinite``, which skips such steps and counts them. ``workdir``
+    may be local or remote (gs://).
     """
     started = time.time()
     checkpoints.check_workdir(workdir)
@@ -306,15 +307,14 @@ def train(config, workdir: str, *, batches=None, mesh=None) -> TrainState:
                                 "to resume", what, step + 1, manager.directory)
                 break
             if config.train.sample_every and (step + 1) % config.train.sample_every == 0:
-                _progress_picture(run, config, state.ema_params, step + 1, workdir)
+                _progress_picture(run, config, state.ema_params, step + 1, workdir, writer)
         late.flush()
     finally:
         preemption.close()
         manager.wait_until_finished()
-        writer.close()
     loss = f"{late.last_loss:.4f}" if late.last_loss is not None else "not logged"
     logging.info("done: step %d of %d in %.0f s (this run: %d steps), last logged loss %s; "
                  "checkpoints in %s, metrics in %s", int(state.step), total,
                  time.time() - started, int(state.step) - start, loss, manager.directory,
-                 os.path.join(workdir, "metrics.jsonl"))
+                 writer.jsonl_path)
     return state

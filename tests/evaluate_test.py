@@ -93,6 +93,19 @@ def test_toy_eval_writes_every_file(tmp_path):
     s = result["samples"]
     assert s["nfe"] == config.sampling.num_steps + 1 and s["finite"]
     assert len(s["share_per_centre"]) == 8 and np.isfinite(s["energy_distance"])
+    # The same numbers and pictures in TensorBoard, read by its own loader, at the checkpoint's step.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard" / "eval"), size_guidance={"images": 0})
+    events.Reload()
+    [energy] = events.Scalars("eval/samples/energy_distance")
+    assert energy.step == 6 and energy.value == pytest.approx(s["energy_distance"], rel=1e-6)
+    assert {"eval/likelihood/nats_per_dim", "eval/walk_bound/total_nats"} <= set(
+        events.Tags()["scalars"])
+    assert set(events.Tags()["images"]) == {"eval/samples", "eval/samples_by_law", "eval/shift_kl"}
+    [image] = events.Images("eval/samples")
+    assert image.step == 6 and image.encoded_image_string == (
+        tmp_path / "eval" / "samples.png").read_bytes()
 
 
 def test_eval_walk_sum_counts_the_penalty_for_mismatched_laws(tmp_path):

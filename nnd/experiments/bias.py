@@ -63,7 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnd import batching, defaults, keys, losses, oracles, processes
+from nnd import batching, defaults, keys, losses, oracles, paths, processes
 from nnd import config as config_lib
 from nnd.experiments import common
 from nnd.increments import Law
@@ -217,11 +217,10 @@ def _run_name(settings: Settings, q: Law, p: Law, num_steps: int) -> str:
 
 
 def _final_loss(workdir: str) -> float | None:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = paths.get(workdir) / "metrics.jsonl"
+    if not path.exists():
         return None
-    with open(path) as fh:
-        records = [json.loads(line) for line in fh if line.strip()]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return records[-1].get("loss") if records else None
 
 

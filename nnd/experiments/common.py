@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from typing import Callable, Iterable, Sequence
 
-from nnd import increments, losses, processes
+from nnd import increments, losses, paths, pictures, processes
 from nnd.bench import machine
 from nnd.increments import Law
 from nnd.pictures import pyplot
@@ -94,9 +93,9 @@ def check_int(name: str, value, low: int) -> None:
 
 
 def latest_step(workdir: str) -> int | None:
-    """The newest checkpoint step in ``WORKDIR/checkpoints``, or None."""
-    ckpt = os.path.join(workdir, "checkpoints")
-    steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
+    """The newest checkpoint step in ``WORKDIR/checkpoints`` (local or gs://), or None."""
+    ckpt = paths.get(workdir) / "checkpoints"
+    steps = [int(d.name) for d in ckpt.iterdir() if d.name.isdigit()] if ckpt.is_dir() else []
     return max(steps, default=None)
 
 
@@ -130,8 +129,7 @@ def save_figure(fig, path: str, title: str) -> None:
     """Gives ``fig`` its title, lays it out, saves it to ``path`` and closes it."""
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
-    pyplot().close(fig)
+    pictures.save(fig, path)
 
 
 # -- entry points ---------------------------------------------------------------------
@@ -157,24 +155,24 @@ def write(out: str, name: str, result: dict, *, markdown: str,
           start: float | None = None, argv: Sequence[str] | None = None) -> dict:
     """Writes ``OUT/NAME.json``, ``OUT/NAME.md``, then ``figures`` ({file name: draw(path)}).
 
+    ``OUT`` may be local or gs:// (:mod:`nnd.paths`).
+
     Adds to ``result`` the machine (:func:`nnd.bench.machine.describe`), the wall
     time since ``start`` (``time.perf_counter()``) and the command line's arguments
     ``argv`` (each left out when None). Prints the table and the files written;
     returns ``result``.
     """
-    os.makedirs(out, exist_ok=True)
     figures = figures or {}
     result["machine"] = machine.describe()
     if start is not None:
         result["wall_seconds"] = time.perf_counter() - start
     if argv is not None:
         result["command"] = f"python -m nnd.experiments.{name} " + " ".join(argv)
-    with open(os.path.join(out, f"{name}.json"), "w") as fh:
-        json.dump(result, fh, indent=2)
-    with open(os.path.join(out, f"{name}.md"), "w") as fh:
-        fh.write(markdown + "\n")
+    root = paths.get(out)
+    paths.write(root / f"{name}.json", json.dumps(result, indent=2))
+    paths.write(root / f"{name}.md", markdown + "\n")
     for filename, draw in figures.items():
-        draw(os.path.join(out, filename))
+        draw(str(root / filename))
     wall = f"wall time {result['wall_seconds']:.1f}s; " if start is not None else ""
     print(f"\n{markdown}\n\n{wall}wrote {out}/: " + ", ".join([f"{name}.json", f"{name}.md", *figures]),
           flush=True)

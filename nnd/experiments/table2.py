@@ -24,11 +24,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import shutil
 import time
 from typing import Sequence
 
-from nnd import defaults, evaluate, keys, pictures, train
+from nnd import defaults, evaluate, keys, paths, pictures, train
 from nnd.experiments import common
 
 __all__ = ["PAPER", "run", "markdown", "main"]
@@ -63,8 +62,8 @@ def run(root: str, out: str, *, train_missing: bool = False, share: bool = True,
             gaussian_dir = os.path.join(root, "digits_gaussian")
             if row == "uniform" and share and common.latest_step(gaussian_dir) is not None:
                 log(f"{row}: sharing the gaussian/gaussian checkpoint (same gradients)")
-                shutil.copytree(os.path.join(gaussian_dir, "checkpoints"),
-                                os.path.join(workdir, "checkpoints"))
+                paths.copytree(os.path.join(gaussian_dir, "checkpoints"),
+                               os.path.join(workdir, "checkpoints"))
             elif train_missing:
                 log(f"{row}: training in {workdir}")
                 start = time.perf_counter()

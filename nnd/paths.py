@@ -1,0 +1,114 @@
+"""Where a run's files go: a local folder or a bucket (``gs://``), all through ``etils.epath``.
+
+Every artifact (checkpoints, ``metrics.jsonl``, TensorBoard events, pictures,
+``eval/``, ``samples.npz``, FID statistics, the experiments' outputs) is written
+through this module, so a ``gs://`` workdir stays in the bucket; orbax opens its
+directory with epath too. epath reaches ``gs://`` through ``tf.io.gfile`` when
+TensorFlow is installed and through gcsfs otherwise (``EPATH_USE_TF=0`` forces
+gcsfs); ``s3://`` and ``az://`` need s3fs and adlfs.
+
+Object stores have no append and no rename, so:
+
+- :func:`write` puts a whole file at once: a local file through a temporary file
+  and ``os.replace`` (never a torn file), a remote object in one upload (an object
+  appears whole or not at all);
+- :func:`append` adds to a local file in place and rewrites a remote object, which
+  then is whole and visible after every call (for small files: ``metrics.jsonl``
+  and TensorBoard events, a few hundred bytes per logged step).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Union
+
+import numpy as np
+from etils import epath
+
+__all__ = ["UnsupportedPath", "get", "is_remote", "write", "append", "savez", "load_npz",
+           "copytree"]
+
+PathLike = Union[str, os.PathLike]
+
+
+class UnsupportedPath(ValueError):
+    """A URL whose scheme etils.epath cannot open; the message names it."""
+
+
+def is_remote(path: PathLike) -> bool:
+    """True for a URL (``gs://bucket/run``), False for a local path."""
+    return "://" in os.fspath(path)
+
+
+def get(path: PathLike) -> epath.Path:
+    """``path`` as an ``epath.Path``.
+
+    Raises:
+      UnsupportedPath: a URL whose scheme epath does not know (e.g. ``memory://``),
+        rather than a local folder named after the scheme.
+    """
+    text = os.fspath(path)
+    try:
+        return epath.Path(text)
+    except KeyError:
+        scheme = text.split("://", 1)[0]
+        raise UnsupportedPath(f"{text}: etils.epath cannot open {scheme}:// paths; use a local "
+                              "path or gs://bucket/...") from None
+
+
+def _bytes(data: bytes | str) -> bytes:
+    return data.encode() if isinstance(data, str) else data
+
+
+def write(path: PathLike, data: bytes | str) -> None:
+    """Writes ``data`` to ``path`` whole (local: temporary file + os.replace; remote: one object)."""
+    path, data = get(path), _bytes(data)
+    if is_remote(path):
+        path.write_bytes(data)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def append(path: PathLike, data: bytes | str) -> None:
+    """Appends ``data`` to ``path`` (local: in place; remote: the object is rewritten whole)."""
+    path, data = get(path), _bytes(data)
+    if is_remote(path):
+        path.write_bytes((path.read_bytes() if path.exists() else b"") + data)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as f:
+        f.write(data)
+
+
+def savez(path: PathLike, **arrays) -> None:
+    """``np.savez`` to a local or remote ``path``."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write(path, buffer.getvalue())
+
+
+def load_npz(path: PathLike) -> dict[str, np.ndarray]:
+    """The arrays of a local or remote ``.npz`` file."""
+    with np.load(io.BytesIO(get(path).read_bytes())) as npz:
+        return {name: npz[name] for name in npz.files}
+
+
+def copytree(src: PathLike, dst: PathLike) -> None:
+    """Copies every file below ``src`` to the same place below ``dst`` (local or remote)."""
+    src, dst = get(src), get(dst)
+    for child in src.iterdir():
+        target = dst / child.name
+        if child.is_dir():
+            copytree(child, target)
+            continue
+        if not is_remote(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+        child.copy(target, overwrite=True)
