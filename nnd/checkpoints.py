@@ -11,11 +11,13 @@ without an optimiser and without creating a ``checkpoints/`` folder.
 
 A workdir may be local or remote (``gs://bucket/run``): orbax reaches it through
 ``etils.epath`` like every other artifact (:mod:`nnd.paths`). :func:`check_workdir`
-probes either kind before training.
+probes either kind before training; :func:`is_disk_full` recognises a full disk in
+whatever form orbax, TensorStore or a writer report it.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -29,7 +31,7 @@ import orbax.checkpoint as ocp
 from nnd import paths
 
 __all__ = ["WorkdirError", "directory", "manager", "restore_latest", "set_aside", "restore_ema", "save",
-           "latest_step", "check_workdir", "Preemption"]
+           "latest_step", "check_workdir", "is_disk_full", "Preemption"]
 
 
 class WorkdirError(OSError):
@@ -182,6 +184,30 @@ def check_workdir(workdir: str, state=None, keep: int = 1) -> None:
         if free < need:
             raise WorkdirError(f"workdir {workdir!r}: {free / 2**20:.1f} MiB free, but {keep + 1} "
                           f"checkpoints need about {need / 2**20:.1f} MiB")
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "os_error_code='28'",
+                   "os_error_code='122'")
+
+
+def is_disk_full(err: BaseException | str | None) -> bool:
+    """True if ``err`` (or an exception it was raised from, or a message) says the disk or quota is full.
+
+    A writer raises ``OSError(ENOSPC)``; orbax re-raises TensorStore's failure as a
+    ``ValueError("RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']")``.
+    """
+    if isinstance(err, str):
+        return any(text in err for text in _DISK_FULL_TEXT)
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _DISK_FULL:
+            return True
+        if any(text in str(err) for text in _DISK_FULL_TEXT):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 class Preemption:

@@ -76,12 +76,25 @@ def initialize_distributed(env=None) -> bool:
 
 
 class _QuietLibraries(py_logging.Filter):
-    """Drops INFO lines of orbax (about 40 per checkpoint) and asyncio unless --verbosity >= 1."""
+    """Drops INFO lines of orbax (about 40 per checkpoint) and asyncio unless --verbosity >= 1,
+    and orbax's tracebacks of a full disk (training reports it in one line)."""
 
     def filter(self, record: py_logging.LogRecord) -> bool:
+        library = any(part in record.pathname for part in ("/orbax/", "/asyncio/"))
+        if library and (checkpoints.is_disk_full(record.exc_info[1] if record.exc_info else None)
+                        or checkpoints.is_disk_full(record.getMessage())):
+            return False
         if record.levelno >= py_logging.WARNING or FLAGS.verbosity >= 1:
             return True
-        return not any(part in record.pathname for part in ("/orbax/", "/asyncio/"))
+        return not library
+
+
+def _quiet_closed_loop(unraisable, previous=sys.unraisablehook):
+    """Hides "Event loop is closed" from TensorStore callbacks of a save that failed (orbax has
+    closed its event loop by then); anything else goes to the previous hook."""
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and "Event loop is closed" in str(error)):
+        previous(unraisable)
 
 
 def main(argv):
@@ -94,6 +107,7 @@ def main(argv):
         else:
             logging.set_verbosity(logging.WARNING)
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    sys.unraisablehook = _quiet_closed_loop
     logging.info("devices: %s", jax.devices())
     run = {"train": train.train, "eval": evaluate.evaluate, "sample": evaluate.sample}[FLAGS.mode]
     try:

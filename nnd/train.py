@@ -274,8 +274,9 @@ def train(config, workdir: str, *, batches=None, mesh=None) -> TrainState:
     compiles; SIGTERM saves a checkpoint at the current step and returns (rerun to
     resume, bit-identically); a non-finite loss or gradient raises
     FloatingPointError naming the step (no checkpoint is written after it) unless
-    ``train.skip_nonfinite``, which skips such steps and counts them. ``workdir``
-    may be local or remote (gs://).
+    ``train.skip_nonfinite``, which skips such steps and counts them. A disk that
+    fills mid-run raises :class:`nnd.checkpoints.WorkdirError` naming the workdir and
+    the last good checkpoint. ``workdir`` may be local or remote (gs://).
     """
     started = time.time()
     checkpoints.check_workdir(workdir)
@@ -309,12 +310,35 @@ def train(config, workdir: str, *, batches=None, mesh=None) -> TrainState:
             if config.train.sample_every and (step + 1) % config.train.sample_every == 0:
                 _progress_picture(run, config, state.ema_params, step + 1, workdir, writer)
         late.flush()
+        manager.wait_until_finished()
+    except BaseException as err:
+        _close_after_failure(manager)
+        if checkpoints.is_disk_full(err):
+            raise _disk_full(err, workdir) from None
+        raise
     finally:
         preemption.close()
-        manager.wait_until_finished()
+    manager.close()
     loss = f"{late.last_loss:.4f}" if late.last_loss is not None else "not logged"
     logging.info("done: step %d of %d in %.0f s (this run: %d steps), last logged loss %s; "
                  "checkpoints in %s, metrics in %s", int(state.step), total,
                  time.time() - started, int(state.step) - start, loss, manager.directory,
                  writer.jsonl_path)
     return state
+
+
+def _close_after_failure(manager: ocp.CheckpointManager) -> None:
+    """Closes the manager after the loop failed: a save in flight finishes or fails quietly."""
+    try:
+        manager.close()
+    except Exception as err:  # noqa: BLE001  (the loop's own error is the one to report)
+        logging.debug("closing the checkpoint manager after a failure: %s", err)
+
+
+def _disk_full(err: BaseException, workdir: str) -> checkpoints.WorkdirError:
+    """The one-line error of a disk that filled mid-run: the workdir and the last good checkpoint."""
+    step = checkpoints.latest_step(workdir)
+    last = (f"the last good checkpoint is step {step} in {checkpoints.directory(workdir)}"
+            if step is not None else "no checkpoint was saved")
+    return checkpoints.WorkdirError(f"workdir {workdir!r}: no space left on the disk; {last}. "
+                                    "Free some space and rerun the same command to resume.")

@@ -4,6 +4,7 @@ Each interrupted run is resumed and compared with an uninterrupted one: every ba
 and key is a pure function of the step, so the final parameters must be identical.
 """
 
+import errno
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from nnd import checkpoints, data, defaults, train
+from nnd import checkpoints, data, defaults, paths, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = 1500
@@ -196,6 +197,53 @@ def test_full_disk_is_refused_before_training(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="MiB free"):
         train.train(_config(num_steps=2), str(tmp_path))
     assert not (tmp_path / "checkpoints" / "2").exists()
+
+
+def _fail_writes_from(monkeypatch, step):
+    """Metrics of ``step`` on: paths.append raises ENOSPC (a disk that fills mid-run)."""
+    original = paths.append
+
+    def append(path, data):
+        if str(path).endswith("metrics.jsonl") and json.loads(data)["step"] >= step:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return original(path, data)
+
+    monkeypatch.setattr(paths, "append", append)
+
+
+@pytest.mark.plumbing
+def test_a_disk_that_fills_mid_run_ends_naming_the_workdir_and_last_good_checkpoint(tmp_path,
+                                                                                     monkeypatch):
+    _fail_writes_from(monkeypatch, 20)  # step 20 is logged just before its checkpoint
+    with pytest.raises(checkpoints.WorkdirError) as caught:
+        train.train(_config(num_steps=30, checkpoint_every=10), str(tmp_path))
+    message = str(caught.value)
+    assert f"workdir {str(tmp_path)!r}: no space left" in message
+    assert f"last good checkpoint is step 10 in {tmp_path}/checkpoints" in message
+    assert "\n" not in message and caught.value.__cause__ is None and _checkpoints(tmp_path) == [10]
+
+
+@pytest.mark.plumbing
+def test_a_checkpoint_that_fails_for_a_full_disk_is_reported_the_same_way(tmp_path, monkeypatch):
+    # orbax re-raises TensorStore's failure of a background save at the next save, as this.
+    full = ("RESOURCE_EXHAUSTED: Error writing \"params.Dense_0.kernel/0.0\" in OCDBT database: "
+            "Failed to write 300980 bytes to file 16: No space left on device [os_error_code='28']")
+    original = checkpoints.save
+
+    def save(mngr, step, state, **kwargs):
+        if step >= 20:
+            raise ValueError(full)
+        return original(mngr, step, state, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "save", save)
+    with pytest.raises(checkpoints.WorkdirError, match="no space left.*last good checkpoint is "
+                                                       "step 10 in"):
+        train.train(_config(num_steps=30, checkpoint_every=10), str(tmp_path))
+    assert checkpoints.is_disk_full(ValueError(full))
+    assert not checkpoints.is_disk_full(RuntimeError("commit failed"))
+    chained = RuntimeError("save failed")
+    chained.__cause__ = OSError(errno.EDQUOT, "Disk quota exceeded")
+    assert checkpoints.is_disk_full(chained)
 
 
 def test_ctrl_c_asks_to_stop_and_a_second_ctrl_c_stops_at_once():

@@ -45,3 +45,54 @@ def test_a_users_mistake_is_one_line_and_no_traceback(tmp_path, args, message):
     assert "Traceback" not in result.stderr
     assert [line for line in result.stderr.splitlines() if line.startswith("nnd: ")] == [
         next(line for line in result.stderr.splitlines() if line.startswith(message))]
+
+
+_FULL_DISK_CHILD = """
+import errno, sys
+from absl import app
+from nnd import main, paths
+original = paths.append
+
+def append(path, data):  # the disk fills when step 4 is logged
+    if str(path).endswith("metrics.jsonl") and '"step": 4' in str(data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    return original(path, data)
+
+paths.append = append
+sys.argv = ["nnd.main"] + sys.argv[1:]
+app.run(main.main)
+"""
+
+
+def test_a_disk_that_fills_mid_run_prints_one_line_naming_the_last_good_checkpoint(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_CHILD, "--config=configs/toy_gaussian.py",
+         f"--workdir={tmp_path}", *TINY, "--config.train.checkpoint_every=2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("nnd: ")] == [
+        f"nnd: workdir {str(tmp_path)!r}: no space left on the disk; the last good checkpoint is "
+        f"step 2 in {tmp_path}/checkpoints. Free some space and rerun the same command to resume."]
+
+
+def test_orbax_tracebacks_of_a_full_disk_and_closed_event_loops_are_hidden():
+    import logging
+    import types
+
+    from nnd import main
+
+    full = ValueError("RESOURCE_EXHAUSTED: Error writing: No space left on device "
+                      "[os_error_code='28']")
+    record = logging.LogRecord("absl", logging.ERROR, "/x/orbax/checkpoint/future.py", 1,
+                               "_SignalingThread.run() raised", None, (ValueError, full, None))
+    assert not main._QuietLibraries().filter(record)
+    other = logging.LogRecord("absl", logging.ERROR, "/x/orbax/checkpoint/future.py", 1,
+                              "something else", None, None)
+    assert main._QuietLibraries().filter(other)
+    seen = []
+    closed = types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"))
+    main._quiet_closed_loop(closed, previous=seen.append)
+    real = types.SimpleNamespace(exc_value=RuntimeError("real"))
+    main._quiet_closed_loop(real, previous=seen.append)
+    assert seen == [real]
