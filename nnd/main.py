@@ -12,15 +12,18 @@ from ml_collections import config_flags
 
 import jax
 
-from nnd import checkpoints, evaluate, paths, train
+from nnd import aot, checkpoints, evaluate, paths, train
 from nnd import config as config_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"],
-                  "train (resumes automatically), eval (writes WORKDIR/eval/metrics.json) "
-                  "or sample (writes WORKDIR/samples.npz and samples.png).")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "compile"],
+                  "train (resumes automatically), eval (writes WORKDIR/eval/metrics.json), "
+                  "sample (writes WORKDIR/samples.npz and samples.png) or compile (for "
+                  "--topology, no TPU needed: WORKDIR/compile/<topology>.json).")
+flags.DEFINE_string("topology", None, "--mode=compile: a TPU slice, as libtpu (v4:2x2x1, "
+                    "v5e:4x4) or Cloud (v4-8, v5litepod-16) names it.")
 flags.DEFINE_bool("debug", False, "Show the traceback of a config, workdir or missing-checkpoint "
                   "error instead of one line.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -109,7 +112,8 @@ def main(argv):
     logging.get_absl_handler().addFilter(_QuietLibraries())
     sys.unraisablehook = _quiet_closed_loop
     logging.info("devices: %s", jax.devices())
-    run = {"train": train.train, "eval": evaluate.evaluate, "sample": evaluate.sample}[FLAGS.mode]
+    run = {"train": train.train, "eval": evaluate.evaluate, "sample": evaluate.sample,
+           "compile": lambda config, workdir: aot.run(config, workdir, FLAGS.topology)}[FLAGS.mode]
     try:
         run(FLAGS.config, FLAGS.workdir)
     except USER_ERRORS as err:

@@ -31,7 +31,7 @@ from nnd import checkpoints, data, keys, losses, models, paths, pictures, sample
 from nnd import config as config_lib
 
 __all__ = ["TrainState", "Run", "make_optimizer", "init_state", "abstract_state", "train_step",
-           "make_mesh", "build", "train"]
+           "jit_train_step", "make_mesh", "build", "train"]
 
 
 @flax.struct.dataclass
@@ -125,6 +125,30 @@ def make_mesh(devices=None):
     return jax.sharding.Mesh(np.asarray(devices), ("data",))
 
 
+def jit_train_step(config, experiment, mesh, example_x):
+    """(jitted step, abstract sharded state, batch sharding, optimiser, schedule) of a run.
+
+    The one place the step is jitted: state replicated and donated, batch split along
+    ``('data',)``; used by :func:`build` and by the ahead-of-time compile
+    (:mod:`nnd.aot`). ``example_x`` only gives the data shape (any batch size).
+    """
+    tx, schedule = make_optimizer(config.optim, config.train.num_steps)
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P("data"))
+    abstract = abstract_state(experiment.model, tx, jax.random.key(config.seed), example_x,
+                              replicated)
+    state_sharding = jax.tree.map(lambda a: a.sharding, abstract)
+    step_fn = jax.jit(
+        functools.partial(train_step, model=experiment.model, tx=tx, experiment=experiment,
+                          ema_decay=config.optim.ema_decay,
+                          skip_nonfinite=config.train.skip_nonfinite),
+        in_shardings=(state_sharding, batch_sharding, replicated),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=(0,),
+    )
+    return step_fn, abstract, batch_sharding, tx, schedule
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
     """Everything the loop needs, built once by :func:`build`."""
@@ -154,21 +178,10 @@ def build(config, workdir: str, *, batches, mesh) -> Run:
       mesh: a ``('data',)`` mesh (e.g. :func:`make_mesh`).
     """
     experiment = config_lib.resolve(config, num_devices=mesh.size)
-    tx, schedule = make_optimizer(config.optim, config.train.num_steps)
-    replicated = NamedSharding(mesh, P())
-    batch_sharding = NamedSharding(mesh, P("data"))
     root = jax.random.key(config.seed)
     example = jnp.zeros((batches.local_batch,) + tuple(batches.shape), jnp.float32)
-    abstract = abstract_state(experiment.model, tx, root, example, replicated)
+    step_fn, abstract, batch_sharding, tx, schedule = jit_train_step(config, experiment, mesh, example)
     state_sharding = jax.tree.map(lambda a: a.sharding, abstract)
-    step_fn = jax.jit(
-        functools.partial(train_step, model=experiment.model, tx=tx, experiment=experiment,
-                          ema_decay=config.optim.ema_decay,
-                          skip_nonfinite=config.train.skip_nonfinite),
-        in_shardings=(state_sharding, batch_sharding, replicated),
-        out_shardings=(state_sharding, replicated),
-        donate_argnums=(0,),
-    )
     keep = config.train.keep_checkpoints
     manager = checkpoints.manager(workdir, keep)
     state, bad = checkpoints.restore_latest(manager, abstract)
