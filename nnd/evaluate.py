@@ -228,16 +228,19 @@ def _fid(config, samples) -> dict | None:
     digest = hashlib.sha1(paths.get(weights).read_bytes()).hexdigest()[:12]
     cache_dir = config.eval.fid_cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "nnd")
     cache = str(paths.get(cache_dir) / f"fid_{config.data.name}_train_{digest}.npz")
-    source = data.image_source(config.data.name, "train")
     spec = data.IMAGES[config.data.name]
 
-    def reals():
+    def reals(source):
         for lo in range(0, len(source), FID_BATCH):
             hi = min(lo + FID_BATCH, len(source))
             n = np.stack([np.asarray(source[i]["image"]).reshape(spec.shape) for i in range(lo, hi)])
             yield 2.0 * n.astype(np.float32) / (spec.num_levels - 1) - 1.0
 
-    reference = fid.reference_statistics(feature_fn, reals(), cache, total=len(source))
+    if paths.get(cache).exists():  # the training split is opened only to fill the cache
+        reference = fid.reference_statistics(feature_fn, (), cache)
+    else:
+        source = data.image_source(config.data.name, "train")
+        reference = fid.reference_statistics(feature_fn, reals(source), cache, total=len(source))
     fakes = (samples[lo:lo + FID_BATCH] for lo in range(0, len(samples), FID_BATCH))
     return {"fid": fid.fid(feature_fn, fakes, reference, total=len(samples)),
             "num_samples": len(samples), "reference": cache, "seconds": time.time() - start}

@@ -187,6 +187,14 @@ def test_fid_is_computed_and_its_reference_cached(tmp_path, monkeypatch):
 
     assert reals == len(data.DigitsSource("train"))  # the whole train split, once
     calls.clear()
+
+    test_split_only = data.image_source
+
+    def no_training_data(name, split, **kwargs):
+        assert split != "train", "the cached reference needs no training data"
+        return test_split_only(name, split, **kwargs)
+
+    monkeypatch.setattr(data, "image_source", no_training_data)
     second = evaluate.evaluate(config, str(tmp_path / "run"))["fid"]
     assert calls == [8] and second["reference"] == first["reference"]  # cache reused
 
