@@ -27,6 +27,7 @@ network's blocks became a ``scan`` it reports a fraction of the work.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -266,7 +267,7 @@ def compile_report(config, topology: str | Topology, *, programs=("train_step", 
     params = None
     if "sampler" in programs or "likelihood" in programs:
         params = jax.tree.map(lambda a: _abstract(a, one_chip), jax.eval_shape(
-            models.init_params, experiment.model, jax.random.key(0),
+            functools.partial(models.init_params, experiment.model), jax.random.key(0),
             jax.ShapeDtypeStruct((1,) + shape, jnp.float32)))
     if "sampler" in programs:
         settings = experiment.sampling

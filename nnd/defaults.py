@@ -32,7 +32,7 @@ ROWS = {
 #: What each model takes (nnd.models.MODELS), with its defaults.
 MODEL_DEFAULTS = {
     # 2-D data: residual MLP of `depth` blocks of width `hidden`
-    "mlp": dict(hidden=256, depth=3, embed_dim=64, dtype="float32"),
+    "mlp": dict(hidden=256, depth=3, embed_dim=64),
     # VDM's score network: `num_blocks` residual blocks of width `channels`, no downsampling
     # (its identical blocks are scanned: `remat` recomputes their activations in the backward pass)
     "vdm": dict(channels=128, num_blocks=32, embed_dim=128, dropout=0.1, remat=False, dtype="float32"),
@@ -40,8 +40,9 @@ MODEL_DEFAULTS = {
     "unet": dict(channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
                  embed_dim=128, dropout=0.1, remat=False, dtype="float32"),
 }
-# Every model's `dtype` is its compute dtype: float32 | bfloat16 (parameters and optimiser
+# vdm and unet: `dtype` is the compute dtype, float32 | bfloat16 (parameters and optimiser
 # state stay float32; likelihood and the walk bound run at float32 'highest' precision).
+# The MLP takes `dtype` too (set `config.model.dtype` in code: the toys keep their fields).
 
 
 def model(name: str, **overrides) -> ml_collections.ConfigDict:

@@ -80,6 +80,8 @@ _PROGRAM_FIELDS = {"argument_bytes", "output_bytes", "temp_bytes", "total_bytes"
                    "compile_seconds"}
 
 
+# Slow tier: each compiles three programs for TPU (about 90 s on 2 idle cores; 5 min busy).
+@pytest.mark.slow
 @pytest.mark.parametrize("topology, processes", [
     pytest.param("v4-8", 1, id="single_host"),
     pytest.param("v5e:2x4", 2, id="multi_host", marks=pytest.mark.slow),
@@ -101,6 +103,7 @@ def test_compile_writes_the_report(tmp_path, topology, processes):
     assert "ESTIMATE" in report["estimate"]["label"]
 
 
+@pytest.mark.slow
 def test_a_batch_that_cannot_fit_reports_fits_false(tmp_path):
     pytest.importorskip("libtpu")
     config = _digits(num_blocks=1)

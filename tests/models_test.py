@@ -288,3 +288,24 @@ def test_bfloat16_compute_keeps_float32_parameters_and_output():
     assert 1e-6 < err < 5e-2  # bfloat16 rounding: visible, small
     with pytest.raises(ValueError, match="dtype"):
         models.make("vdm", dtype="float16").init(jax.random.key(0), x, t)
+
+
+@pytest.mark.slow
+def test_bfloat16_toy_trains_to_the_float32_acceptance(tmp_path):
+    # tests/train_test.py's acceptance for the toys (energy distance <= 0.005 to gmm8, every
+    # centre 8%-17% of the samples), with the MLP computing in bfloat16
+    import importlib
+
+    from nnd import evaluate, metrics, oracles, train
+
+    config = importlib.import_module("configs.toy_gaussian").get_config()
+    config.model.dtype = "bfloat16"
+    config.train.sample_every = 0
+    train.train(config, str(tmp_path))
+    samples = evaluate.sample(config, str(tmp_path))
+    gmm = oracles.gmm8()
+    data = np.asarray(oracles.sample_gmm(jax.random.key(12345), gmm, 2000))
+    assert metrics.energy_distance(samples, data) <= 0.005
+    _, nearest = metrics.nearest_centre(samples, gmm.means)
+    share = np.bincount(nearest, minlength=8) / len(samples)
+    assert np.all((share >= 0.08) & (share <= 0.17)), share
