@@ -196,7 +196,9 @@ _UNIT = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 def _out_of_memory(err: Exception, hbm_bytes: float) -> dict | None:
     """XLA:TPU refuses a program that cannot fit: its numbers, or None for another error."""
-    match = re.search(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm", str(err))
+    match = (re.search(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm", str(err))
+             or re.search(r"\(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)",
+                          str(err)))
     if not match:
         return None
     used = float(match.group(1)) * _UNIT[match.group(2)]
