@@ -79,11 +79,14 @@ def initialize_distributed(env=None) -> bool:
 
 
 class _QuietLibraries(py_logging.Filter):
-    """Drops INFO lines of orbax (about 40 per checkpoint) and asyncio unless --verbosity >= 1,
-    and orbax's tracebacks of a full disk (training reports it in one line)."""
+    """Drops INFO lines of orbax (about 40 per checkpoint), asyncio and jax's backend probing
+    (e.g. "Unable to initialize backend 'tpu'" where libtpu is installed on a CPU host)
+    unless --verbosity >= 1, and orbax's tracebacks of a full disk (training reports it in
+    one line)."""
 
     def filter(self, record: py_logging.LogRecord) -> bool:
-        library = any(part in record.pathname for part in ("/orbax/", "/asyncio/"))
+        library = any(part in record.pathname
+                      for part in ("/orbax/", "/asyncio/", "/jax/_src/xla_bridge.py"))
         if library and (checkpoints.is_disk_full(record.exc_info[1] if record.exc_info else None)
                         or checkpoints.is_disk_full(record.getMessage())):
             return False
