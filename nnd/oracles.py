@@ -60,6 +60,11 @@ class GMM:
                                     np.eye(self.dim))
         return bool(np.all(off == 0.0))
 
+    @property
+    def shared(self) -> bool:
+        """Whether all components have the same covariance."""
+        return bool(np.all(self.covs == self.covs[:1]))
+
 
 def _as_gmm(weights, means, covs) -> GMM:
     if isinstance(weights, GMM):
@@ -144,18 +149,100 @@ def _component_terms(process: Process, gmm: GMM, x_BxD, t_B, *, posterior_var: b
     return log_w_J[None] + log_n_BxJ, score_BxJxD, post_var_BxJxD
 
 
-def gmm_log_prob(process: Process, weights, means=None, covs=None) -> LogProbFn:
-    """Exact log p_t(x): returns ``log_prob_fn(x [B, D], t [B]) -> [B]``.
+#: Up to this many components × coordinates the shared-covariance path is written per
+#: coordinate and component on [B] rows (no reductions across small axes, which XLA on CPU
+#: ran 10-15x slower than the same sums written out, e.g. for gmm8 at B = 10^4).
+_ROWS_MAX = 256
 
-    Pass either (weights, means, covs) or a GMM as the first argument.
+
+def _shared_terms(process: Process, gmm: GMM, x_BxD, t_B):
+    """The mixture's terms when every component has the same diagonal covariance Σ.
+
+    With C = α²Σ + σ²I the same for every j, the normaliser of N(x; αμ_j, C) does not
+    depend on j: it is computed once per example (a log over [B, D], not [B, J, D]) and
+    cancels in the responsibilities r = softmax_j(log w_j - ½ (x - αμ_j)ᵀ C⁻¹ (x - αμ_j)).
+
+    Returns:
+      (the logits above [B, J], the normaliser -½ (log det C + D log 2π) [B], C⁻¹ [B, D]).
     """
-    gmm = _as_gmm(weights, means, covs)
+    dtype = x_BxD.dtype
+    alpha_B = process.alpha(t_B).astype(dtype)
+    sigma2_B = process.sigma2(t_B).astype(dtype)
+    var_D = np.diagonal(gmm.covs[0])
+    log_w_J = np.log(gmm.weights)
+    var_BxD = jnp.square(alpha_B)[:, None] * jnp.asarray(var_D, dtype) + sigma2_B[:, None]
+    precision_BxD = 1.0 / var_BxD
+    log_norm_B = -0.5 * jnp.sum(jnp.log(var_BxD) + _LOG_2PI, axis=-1)
+    num, dim = gmm.means.shape
+    if num * dim <= _ROWS_MAX:
+        # quad_j = Σ_d (x_d - α μ_jd)² / C_d, each a [B] row.
+        quad = [sum(jnp.square(x_BxD[:, d] - float(gmm.means[j, d]) * alpha_B) * precision_BxD[:, d]
+                    for d in range(dim)) for j in range(num)]
+        logits_BxJ = jnp.stack([float(log_w_J[j]) - 0.5 * quad[j] for j in range(num)], axis=-1)
+    else:
+        diff_BxJxD = x_BxD[:, None, :] - alpha_B[:, None, None] * jnp.asarray(gmm.means, dtype)
+        quad_BxJ = jnp.sum(jnp.square(diff_BxJxD) * precision_BxD[:, None, :], axis=-1)
+        logits_BxJ = jnp.asarray(log_w_J, dtype) - 0.5 * quad_BxJ
+    return logits_BxJ, log_norm_B, precision_BxD
 
+
+def _softmax_rows(logits_BxJ):
+    """(r [B, J], logsumexp [B]) over a few components, written out per component."""
+    num = logits_BxJ.shape[-1]
+    rows = [logits_BxJ[:, j] for j in range(num)]
+    top = rows[0]
+    for row in rows[1:]:
+        top = jnp.maximum(top, row)
+    exps = [jnp.exp(row - top) for row in rows]
+    total = sum(exps)
+    return jnp.stack([e / total for e in exps], axis=-1), top + jnp.log(total)
+
+
+def _log_prob_fn(process: Process, gmm: GMM, shared: bool) -> LogProbFn:
     def log_prob_fn(x_BxD, t_B):
+        if shared:
+            logits_BxJ, log_norm_B, _ = _shared_terms(process, gmm, x_BxD, t_B)
+            if gmm.means.size <= _ROWS_MAX:
+                return _softmax_rows(logits_BxJ)[1] + log_norm_B
+            return jax.nn.logsumexp(logits_BxJ, axis=-1) + log_norm_B
         log_joint_BxJ, _, _ = _component_terms(process, gmm, x_BxD, t_B)
         return jax.nn.logsumexp(log_joint_BxJ, axis=-1)
 
     return log_prob_fn
+
+
+def _score_fn(process: Process, gmm: GMM, shared: bool) -> processes.ScoreFn:
+    def score_fn(x_BxD, t_B):
+        if shared:
+            # Σ_j r_j C⁻¹(αμ_j - x) = C⁻¹(α Σ_j r_j μ_j - x), as Σ_j r_j = 1.
+            logits_BxJ, _, precision_BxD = _shared_terms(process, gmm, x_BxD, t_B)
+            alpha_B = process.alpha(t_B).astype(x_BxD.dtype)
+            num, dim = gmm.means.shape
+            if num * dim <= _ROWS_MAX:
+                r_BxJ, _ = _softmax_rows(logits_BxJ)
+                mean_BxD = jnp.stack(
+                    [sum(r_BxJ[:, j] * float(gmm.means[j, d]) for j in range(num))
+                     for d in range(dim)], axis=-1)
+            else:
+                r_BxJ = jax.nn.softmax(logits_BxJ, axis=-1)
+                mean_BxD = r_BxJ @ jnp.asarray(gmm.means, x_BxD.dtype)
+            return (alpha_B[:, None] * mean_BxD - x_BxD) * precision_BxD
+        log_joint_BxJ, score_BxJxD, _ = _component_terms(process, gmm, x_BxD, t_B)
+        r_BxJ = jax.nn.softmax(log_joint_BxJ, axis=-1)
+        return jnp.einsum("bj,bjd->bd", r_BxJ, score_BxJxD)
+
+    return score_fn
+
+
+def gmm_log_prob(process: Process, weights, means=None, covs=None) -> LogProbFn:
+    """Exact log p_t(x): returns ``log_prob_fn(x [B, D], t [B]) -> [B]``.
+
+    Pass either (weights, means, covs) or a GMM as the first argument. When the
+    components share one diagonal covariance (``GMM.shared``, e.g. ``gmm8``) the
+    Gaussian normaliser is computed once per example.
+    """
+    gmm = _as_gmm(weights, means, covs)
+    return _log_prob_fn(process, gmm, gmm.shared and gmm.diagonal)
 
 
 def gmm_score(process: Process, weights, means=None, covs=None) -> processes.ScoreFn:
@@ -165,16 +252,12 @@ def gmm_score(process: Process, weights, means=None, covs=None) -> processes.Sco
                (\\alpha^2\\Sigma_j + \\sigma^2 I)^{-1}(\\alpha\\mu_j - x),
 
     with responsibilities r = softmax_j(log w_j + log N_j(x)). Pass either
-    (weights, means, covs) or a GMM as the first argument.
+    (weights, means, covs) or a GMM as the first argument. When the components share
+    one diagonal covariance Σ (``GMM.shared``, e.g. ``gmm8``), the normaliser of N_j
+    cancels in the softmax and the score is C⁻¹(α Σ_j r_j μ_j - x) with C = α²Σ + σ²I.
     """
     gmm = _as_gmm(weights, means, covs)
-
-    def score_fn(x_BxD, t_B):
-        log_joint_BxJ, score_BxJxD, _ = _component_terms(process, gmm, x_BxD, t_B)
-        r_BxJ = jax.nn.softmax(log_joint_BxJ, axis=-1)
-        return jnp.einsum("bj,bjd->bd", r_BxJ, score_BxJxD)
-
-    return score_fn
+    return _score_fn(process, gmm, gmm.shared and gmm.diagonal)
 
 
 def posterior_eps(process: Process, gmm: GMM, x_BxD: jax.Array,

@@ -8,6 +8,9 @@ standard-error tolerances for the sampler, the Gaussian conditioning formulas in
 float64 numpy for the posterior of ε, and a brute-force scipy minimisation of the
 expected loss for the loss minimiser.
 
+The shared-covariance path of the score and density (gmm8 and any mixture whose components
+share one diagonal covariance) is checked against the general per-component path.
+
 Parametrised tests run their first case in the fast tier and the rest under ``slow``.
 """
 
@@ -135,6 +138,55 @@ def test_score_is_grad_of_log_prob(mixture, t):
                                np.asarray(score), rtol=1e-5, atol=1e-6 * float(jnp.abs(grad).max()))
 
 
+def shared_mixtures():
+    """Mixtures for the shared-covariance path: (weights, means, covs, shares a diagonal Σ)."""
+    rng = np.random.default_rng(4)
+    aniso = np.diag([0.01, 0.2, 1.0])
+    big = np.diag(rng.uniform(0.01, 1.0, 8))  # 40 × 8 > oracles._ROWS_MAX: the array branch
+    diag_not_shared = np.stack([np.diag([0.05, 0.3]), np.diag([0.2, 0.02])])
+    return {
+        "gmm8": (*gmm8_arrays(), True),
+        "anisotropic": (np.array([0.2, 0.5, 0.3]), rng.normal(size=(3, 3)),
+                        np.tile(aniso, (3, 1, 1)), True),
+        "many": (np.full(40, 1 / 40), rng.normal(size=(40, 8)), np.tile(big, (40, 1, 1)), True),
+        "full": (*full_mixture(), False),
+        "diagonal-not-shared": (np.array([0.4, 0.6]), rng.normal(size=(2, 2)), diag_not_shared,
+                                False),
+    }
+
+
+@pytest.mark.parametrize("mixture", fast_first(["gmm8", "anisotropic", "many", "full",
+                                                 "diagonal-not-shared"]))
+def test_shared_covariance_path_matches_the_general_path(mixture):
+    # gmm_score and gmm_log_prob against the general per-component path (logs over
+    # [B, J, D], a score per component): in float64 equal to 1e-12 of the values' scale
+    # (the algebra is exact; only the order of sums differs). In float32 both paths are
+    # off the float64 values by float32 rounding, ~1e-6 of the scale (the logits of 40
+    # components in 8-D carry relative errors ~1e-7 each), so each is held to the same
+    # 3e-6 there. Mixtures without a shared diagonal covariance take the general path.
+    weights, means, covs, shared = shared_mixtures()[mixture]
+    gmm = oracles._as_gmm(weights, means, covs)
+    assert (gmm.shared and gmm.diagonal) == shared
+    x = _points(means.shape[1], n=64, seed=5) * 1.5
+    for name, t in [("vp", 1e-3), ("vp", 0.1), ("vp", 0.5), ("vp", 1.0), ("ve", 1e-3),
+                    ("ve", 0.5), ("vdm", 0.1)]:
+        for public, general in ((oracles.gmm_score, oracles._score_fn),
+                                (oracles.gmm_log_prob, oracles._log_prob_fn)):
+            with jax.enable_x64(True):
+                p = processes.get(name)
+                x64, t64 = jnp.asarray(x), jnp.full((len(x),), t)
+                ref = np.asarray(general(p, gmm, shared=False)(x64, t64))
+                got = np.asarray(public(p, gmm)(x64, t64))
+            scale = np.abs(ref).max()
+            np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12 * scale, err_msg=f"{name} {t}")
+            x32, t32 = jnp.asarray(x, jnp.float32), jnp.full((len(x),), t, jnp.float32)
+            for fn in (public(p, gmm), general(p, gmm, shared=False)):
+                out = fn(x32, t32)
+                assert out.dtype == jnp.float32
+                np.testing.assert_allclose(np.asarray(out, np.float64), ref, rtol=0,
+                                           atol=3e-6 * scale, err_msg=f"{name} {t} float32")
+
+
 def test_gmm8_parameters():
     g = oracles.gmm8()
     np.testing.assert_array_equal(g.weights, np.full(8, 0.125))
@@ -142,7 +194,7 @@ def test_gmm8_parameters():
     np.testing.assert_allclose(g.means, np.stack([np.cos(2 * np.pi * j / 8),
                                                   np.sin(2 * np.pi * j / 8)], 1), atol=1e-15)
     np.testing.assert_allclose(g.covs, np.tile(0.01 * np.eye(2), (8, 1, 1)), rtol=1e-15)
-    assert g.dim == 2 and g.diagonal
+    assert g.dim == 2 and g.diagonal and g.shared
 
 
 def test_sample_gmm8_moments():
