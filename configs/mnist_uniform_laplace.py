@@ -5,7 +5,8 @@ Data (once per disk, before the first run; see launch/README.md):
 Launch:
   python -m nnd.main --config=configs/mnist_uniform_laplace.py --workdir=runs/mnist_uniform_laplace
 Target hardware: one GPU.
-Expected time: not yet measured.
+Expected time: not yet measured; estimate it without a TPU with
+  python -m nnd.main --config=configs/mnist_uniform_laplace.py --workdir=DIR --mode=compile --topology=v4-8
 """
 
 from nnd import defaults
