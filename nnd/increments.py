@@ -353,11 +353,11 @@ class _GenNormCurve:
 
     beta: float
 
-    def co_density(self, x: float) -> float:  # 1 - f(x)
-        return -math.expm1(-x ** self.beta)
-
     def inverse(self, c: float) -> float:  # x with 1 - f(x) = c
         return (-math.log1p(-c)) ** (1.0 / self.beta)
+
+    def inverse_height(self, y: float) -> float:  # x with f(x) = y
+        return (-math.log(y)) ** (1.0 / self.beta)
 
     def density(self, x: float) -> float:
         return math.exp(-x ** self.beta)
@@ -389,11 +389,11 @@ class _StudentTCurve:
 
     df: float
 
-    def co_density(self, x: float) -> float:
-        return -math.expm1(-0.5 * (self.df + 1.0) * math.log1p(x * x / self.df))
-
     def inverse(self, c: float) -> float:
         return math.sqrt(self.df * math.expm1(-2.0 / (self.df + 1.0) * math.log1p(-c)))
+
+    def inverse_height(self, y: float) -> float:
+        return math.sqrt(self.df * math.expm1(-2.0 / (self.df + 1.0) * math.log(y)))
 
     def density(self, x: float) -> float:
         return math.exp(-0.5 * (self.df + 1.0) * math.log1p(x * x / self.df))
@@ -441,17 +441,26 @@ def _ziggurat_tables(curve, layer_bits: int = _ZIGGURAT_LAYER_BITS) -> _Ziggurat
     n = 1 << layer_bits
 
     def climb(r):
-        # Co-heights c = 1 - f go down by v/x per layer: precise near the top, where f → 1.
-        v = r * curve.density(r) + curve.tail_area(r)
-        xs, c = [r], curve.co_density(r)
+        # Heights y = f(x) go up by v/x per layer. Below ½ they are kept as y, above as the
+        # co-height c = 1 - y, so that neither loses digits (f(r) may be 1e-17, f → 1 at
+        # the top).
+        y = curve.density(r)
+        v = r * y + curve.tail_area(r)
+        if v <= 0.0:
+            return 1.0, [r], v  # f and its tail underflow: r is far too large
+        xs, c = [r], None
         for _ in range(n - 2):
-            c -= v / xs[-1]
-            if c <= 0.0:
+            if c is None:
+                y += v / xs[-1]
+                if y >= 0.5:
+                    c = 1.0 - y
+            else:
+                c -= v / xs[-1]
+            if c is not None and c <= 0.0:
                 return -1.0, xs, v  # reached the top too early: r is too small
-            if c >= 1.0:
-                return 1.0, xs, v  # f(r) underflows: r is far too large
-            xs.append(curve.inverse(c))
-        return c - v / xs[-1], xs, v  # 0 when the top layer closes
+            xs.append(curve.inverse(c) if c is not None else curve.inverse_height(y))
+        top = (1.0 - y) if c is None else c
+        return top - v / xs[-1], xs, v  # 0 when the top layer closes
 
     lo, hi = 1e-3, 1e3
     while climb(hi)[0] < 0.0:
@@ -575,6 +584,9 @@ class _Ziggurat:
         size = math.prod(shape)
         if size == 0:
             return jnp.zeros(shape, dtype)
+        if self.tables.x[0] >= jnp.finfo(dtype).max:
+            raise ValueError(f"{self.curve} reaches {self.tables.x[0]:.3g} in its ziggurat, past "
+                             f"the range of {jnp.dtype(dtype).name}; draw it in float64")
         uint = jnp.uint64 if jnp.finfo(dtype).bits == 64 else jnp.uint32
         rows = -(-size // 32)
         n = 32 * rows
