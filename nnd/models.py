@@ -8,12 +8,14 @@ linen rather than nnx: the train step is a pure function of a parameter pytree
 ``init``/``apply`` give directly, with no graph state to split or merge under
 ``jax.jit`` and sharding annotations.
 
-Compile time: VDMNet's identical residual blocks run under one ``flax.linen.scan``
-each way (weights stacked on a leading axis), so XLA compiles one block instead of
-2·num_blocks + 1 (``remat=True`` recomputes each block's activations in the backward
-pass, for large batches). Compute dtype: ``dtype="bfloat16"`` runs convolutions,
-matmuls and norms in bfloat16 while the parameters stay float32 (``param_dtype``) and
-the output is float32.
+Compile time: ``VDMNet(scan=True)`` runs its identical residual blocks under one
+``flax.linen.scan`` each way (weights stacked on a leading axis), so XLA compiles one
+block instead of 2·num_blocks + 1. It is off by default: on the CPU the scanned train
+step measured 18-30× slower per step (digits net, 4 blocks) and the TPU compile was no
+faster (see WORKSPACE.md, decisions). ``remat=True`` recomputes each block's activations
+in the backward pass, for large batches. Compute dtype: ``dtype="bfloat16"`` runs
+convolutions, matmuls and norms in bfloat16 while the parameters stay float32
+(``param_dtype``) and the output is float32.
 """
 
 from __future__ import annotations
@@ -182,11 +184,13 @@ class VDMNet(nn.Module):
     take one kept activation as a skip (Kingma et al. 2021 used 32 blocks of
     width 128 on CIFAR-10).
 
-    The down blocks are identical (width ``channels`` in and out), and so are the up
-    blocks (2·channels in, the skip concatenated): each run is one ``flax.linen.scan``
+    With ``scan`` the down blocks (width ``channels`` in and out) and the up blocks
+    (2·channels in, the skip concatenated) each run as one ``flax.linen.scan``
     (parameters ``down/block`` and ``up/block`` stacked on a leading axis of length
-    ``num_blocks`` and ``num_blocks + 1``). ``remat`` recomputes each block's
-    activations in the backward pass instead of keeping them.
+    ``num_blocks`` and ``num_blocks + 1``); without it (the default) they are unrolled as
+    ``ResBlock_0`` ... ``ResBlock_{2·num_blocks + 2}``, the parameter tree of checkpoints
+    written before the option existed. ``remat`` recomputes each block's activations in
+    the backward pass instead of keeping them.
     """
 
     channels: int = 128
@@ -195,13 +199,39 @@ class VDMNet(nn.Module):
     dropout: float = 0.1
     remat: bool = False
     dtype: str = "float32"
+    scan: bool = False
 
     @nn.compact
     def __call__(self, x_BxHxWxC, t_B, train: bool = False):
         dtype = _dtype(self.dtype)
-        step = dict(channels=self.channels, dropout=self.dropout, train=train, dtype=self.dtype)
         emb = _conv_net_time_embedding(t_B, self.embed_dim, dtype)
         h = nn.Conv(self.channels, (3, 3), dtype=dtype)(x_BxHxWxC)
+        if self.scan:
+            h = self._scanned_blocks(h, emb, train)
+        else:
+            h = self._unrolled_blocks(h, emb, train)
+        h = nn.silu(_group_norm(self.channels, dtype)(h))
+        out = nn.Conv(x_BxHxWxC.shape[-1], (3, 3), kernel_init=nn.initializers.zeros, dtype=dtype)(h)
+        return out.astype(jnp.float32)
+
+    def _unrolled_blocks(self, h, emb, train):
+        # named ResBlock_<i> as linen would, so remat leaves the parameter tree unchanged
+        block = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
+        names = iter(f"ResBlock_{i}" for i in range(2 * self.num_blocks + 3))
+        skips = [h]
+        for _ in range(self.num_blocks):
+            h = block(self.channels, self.dropout, self.dtype, name=next(names))(h, emb, train)
+            skips.append(h)
+        h = block(self.channels, self.dropout, self.dtype, name=next(names))(h, emb, train)
+        h = AttnBlock(self.dtype)(h)
+        h = block(self.channels, self.dropout, self.dtype, name=next(names))(h, emb, train)
+        for _ in range(self.num_blocks + 1):
+            h = block(self.channels, self.dropout, self.dtype, name=next(names))(
+                jnp.concatenate([h, skips.pop()], -1), emb, train)
+        return h
+
+    def _scanned_blocks(self, h, emb, train):
+        step = dict(channels=self.channels, dropout=self.dropout, train=train, dtype=self.dtype)
         stem = h
         h, skips_NxBxHxWxC = _block_scan(self.num_blocks, self.remat)(
             keep=True, name="down", **step)(h, None, emb)
@@ -212,9 +242,7 @@ class VDMNet(nn.Module):
         skips = jnp.concatenate([stem[None], skips_NxBxHxWxC], 0)[::-1]
         h, _ = _block_scan(self.num_blocks + 1, self.remat)(keep=False, name="up", **step)(
             h, skips, emb)
-        h = nn.silu(_group_norm(self.channels, dtype)(h))
-        out = nn.Conv(x_BxHxWxC.shape[-1], (3, 3), kernel_init=nn.initializers.zeros, dtype=dtype)(h)
-        return out.astype(jnp.float32)
+        return h
 
 
 class UNet(nn.Module):

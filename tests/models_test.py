@@ -235,7 +235,7 @@ def _unrolled_vdmnet(model, params, x, t):
 
 
 def test_vdmnet_scan_equals_the_unrolled_network():
-    model = models.VDMNet(channels=8, num_blocks=3, embed_dim=8, dropout=0.0)
+    model = models.VDMNet(channels=8, num_blocks=3, embed_dim=8, dropout=0.0, scan=True)
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
     t = jnp.array([0.2, 0.7])
     params = _perturb(jax.jit(model.init)(jax.random.key(0), x, t))
@@ -248,12 +248,36 @@ def test_vdmnet_scan_equals_the_unrolled_network():
     scanned = np.asarray(jax.jit(model.apply)(params, x, t))
     unrolled = np.asarray(jax.jit(functools.partial(_unrolled_vdmnet, model))(params, x, t))
     np.testing.assert_allclose(scanned, unrolled, rtol=1e-5, atol=1e-6 * np.abs(unrolled).max())
+    # the default (unrolled) network with the same weights, block by block
+    p = dict(params["params"])
+    down, up = p.pop("down")["block"], p.pop("up")["block"]
+    middle = [p.pop("ResBlock_0"), p.pop("ResBlock_1")]
+    blocks = ([jax.tree.map(lambda a: a[i], down) for i in range(3)] + middle
+              + [jax.tree.map(lambda a: a[i], up) for i in range(4)])
+    p.update({f"ResBlock_{i}": b for i, b in enumerate(blocks)})
+    default = models.VDMNet(channels=8, num_blocks=3, embed_dim=8, dropout=0.0)
+    assert (jax.tree.structure({"params": p})
+            == jax.tree.structure(jax.eval_shape(default.init, jax.random.key(0), x, t)))
+    np.testing.assert_allclose(np.asarray(jax.jit(default.apply)({"params": p}, x, t)), unrolled,
+                               rtol=1e-5, atol=1e-6 * np.abs(unrolled).max())
+
+
+def test_vdmnet_default_keeps_the_checkpoint_layout_of_unrolled_blocks():
+    # Checkpoints written before the scan option restore: ResBlock_0 .. ResBlock_{2N+2}
+    model = models.VDMNet(channels=8, num_blocks=2, embed_dim=8, dropout=0.0)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 1)), jnp.zeros(1))
+    assert sorted(shapes["params"]) == sorted(
+        ["AttnBlock_0", "Conv_0", "Conv_1", "Dense_0", "Dense_1", "GroupNorm_0"]
+        + [f"ResBlock_{i}" for i in range(7)])
+    assert shapes["params"]["ResBlock_4"]["Conv_0"]["kernel"].shape == (3, 3, 16, 8)  # first up block
 
 
 def test_remat_changes_neither_parameters_nor_outputs_nor_gradients():
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
     t = jnp.array([0.2, 0.7])
     for make in (lambda **k: models.VDMNet(channels=8, num_blocks=2, embed_dim=8, dropout=0.5, **k),
+                 lambda **k: models.VDMNet(channels=8, num_blocks=2, embed_dim=8, dropout=0.5,
+                                           scan=True, **k),
                  lambda **k: models.UNet(channels=8, channel_mult=(1, 2), num_res_blocks=1,
                                          attn_resolutions=(4,), embed_dim=8, dropout=0.5, **k)):
         plain, remat = make(), make(remat=True)
