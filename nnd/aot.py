@@ -135,7 +135,7 @@ def topology_devices(topology: Topology) -> list:
     except Exception as err:  # noqa: BLE001  (no libtpu, or a shape libtpu refuses)
         raise TopologyError(f"cannot describe TPU topology {topology.libtpu_name!r} "
                             f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-                            "is libtpu installed (pip install -r requirements-test.txt)?") from None
+                            "is libtpu installed (pip install -r requirements-tpu.txt)?") from None
     return list(desc.devices)
 
 

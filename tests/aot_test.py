@@ -1,7 +1,7 @@
 """Tests for nnd.aot: topology names, the one-line error, the compile report (libtpu) and the
 likelihood's precision in the lowered HLO.
 
-The compile tests need libtpu (requirements-test.txt; about 0.7 GB installed): XLA's TPU
+The compile tests need libtpu (requirements-tpu.txt, which CI installs; about 0.7 GB installed): XLA's TPU
 compiler builds for a described slice on this CPU host, no TPU involved.
 """
 
