@@ -172,18 +172,19 @@ def _shared_terms(process: Process, gmm: GMM, x_BxD, t_B):
     log_w_J = np.log(gmm.weights)
     var_BxD = jnp.square(alpha_B)[:, None] * jnp.asarray(var_D, dtype) + sigma2_B[:, None]
     precision_BxD = 1.0 / var_BxD
-    log_norm_B = -0.5 * jnp.sum(jnp.log(var_BxD) + _LOG_2PI, axis=-1)
     num, dim = gmm.means.shape
     if num * dim <= _ROWS_MAX:
         # quad_j = Σ_d (x_d - α μ_jd)² / C_d, each a [B] row.
         quad = [sum(jnp.square(x_BxD[:, d] - float(gmm.means[j, d]) * alpha_B) * precision_BxD[:, d]
                     for d in range(dim)) for j in range(num)]
         logits_BxJ = jnp.stack([float(log_w_J[j]) - 0.5 * quad[j] for j in range(num)], axis=-1)
+        log_det_B = sum(jnp.log(var_BxD[:, d]) for d in range(dim))
     else:
         diff_BxJxD = x_BxD[:, None, :] - alpha_B[:, None, None] * jnp.asarray(gmm.means, dtype)
         quad_BxJ = jnp.sum(jnp.square(diff_BxJxD) * precision_BxD[:, None, :], axis=-1)
         logits_BxJ = jnp.asarray(log_w_J, dtype) - 0.5 * quad_BxJ
-    return logits_BxJ, log_norm_B, precision_BxD
+        log_det_B = jnp.sum(jnp.log(var_BxD), axis=-1)
+    return logits_BxJ, -0.5 * (log_det_B + dim * _LOG_2PI), precision_BxD
 
 
 def _softmax_rows(logits_BxJ):
