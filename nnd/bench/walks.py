@@ -108,7 +108,8 @@ def _turn_ratio(timed: machine.Timed, reference: machine.Timed) -> float:
 def markdown_table(result: dict) -> str:
     lines = [
         f"Reverse walk, K = {result['num_steps']}, {result['num_points']} points in 2-D, "
-        f"{result['process']}, median of {result['repeats']}; goal: ratio ≤ {result['goal_ratio']}",
+        f"{result['process']}, median of {result['repeats']} (ratios: median of the per-turn "
+        f"ratios); goal: ratio ≤ {result['goal_ratio']}",
         "",
         "| law | walk s | ratio | noise-only s | noise ratio | compile s |",
         "|---|---|---|---|---|---|",
