@@ -37,11 +37,14 @@ MODEL_DEFAULTS = {
     # (`remat` recomputes block activations in the backward pass; `scan` runs the identical
     # blocks as two flax.linen.scan: fewer ops to compile, but 18-30x slower steps on CPU)
     "vdm": dict(channels=128, num_blocks=32, embed_dim=128, dropout=0.1, remat=False, dtype="float32",
-                scan=False),
+                scan=False, query_chunk=0),
     # DDPM++-style U-Net: width `channels` x `channel_mult` per level, attention at `attn_resolutions`
     "unet": dict(channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
-                 embed_dim=128, dropout=0.1, remat=False, dtype="float32"),
+                 embed_dim=128, dropout=0.1, remat=False, dtype="float32", query_chunk=0),
 }
+# vdm and unet: `query_chunk` > 0 runs attention in chunks of that many queries (same
+# result; faster on CPU, where the [B, N, N] weights otherwise go through memory; keep 0
+# on TPU/GPU).
 # vdm and unet: `dtype` is the compute dtype, float32 | bfloat16 (parameters and optimiser
 # state stay float32; likelihood and the walk bound run at float32 'highest' precision).
 # The MLP takes `dtype` too (set `config.model.dtype` in code: the toys keep their fields).

@@ -39,3 +39,25 @@ def test_train_benchmark_reports_every_row(tmp_path):
     assert "probes" not in report  # --no-analysis: rows and peak only
     assert {"cpu_model", "device_kind", "backend"} <= set(report["machine"])
     assert "| gaussian / gaussian |" in bench_train.markdown(report)
+    # chunked attention by default; FLOP per step are those of the unchunked step (XLA
+    # would count the chunk loop once)
+    assert report["config"]["query_chunk"] == bench_train.QUERY_CHUNK > 0
+    whole = bench_train.main(["--width", "8", "--blocks", "1", "--batch", "4", "--steps", "1",
+                              "--repeats", "1", "--rows", "gaussian", "--matmul-sizes", "64",
+                              "--no-analysis", "--query-chunk", "0"])
+    assert whole["config"]["query_chunk"] == 0
+    assert whole["rows"][0]["flops_per_step"] == rows[0]["flops_per_step"]
+
+
+@pytest.mark.slow
+def test_probes_time_each_formulation_before_and_after():
+    probes = bench_train._probes(2, (32, 32, 3), 8, query_chunk=128)
+    names = [p.name for p in probes]
+    assert len(names) == 5
+    assert "as a convolution" in names[1] and "as Pointwise" in names[2]
+    assert "query_chunk" not in names[3] and "query_chunk=128" in names[4]
+    # before and after compute the same FLOP (the chunked loop's taken from the whole)
+    assert probes[1].flops == pytest.approx(probes[2].flops, rel=0.01)
+    assert probes[4].flops == probes[3].flops > 0
+    for p in probes:
+        p.run(1)

@@ -333,3 +333,66 @@ def test_bfloat16_toy_trains_to_the_float32_acceptance(tmp_path):
     _, nearest = metrics.nearest_centre(samples, gmm.means)
     share = np.bincount(nearest, minlength=8) / len(samples)
     assert np.all((share >= 0.08) & (share <= 0.17)), share
+
+
+# The hardware-shaped formulations (Pointwise, attention) against flax's own
+# modules with the same parameters: same parameter trees (checkpoints restore), same
+# initial values, same outputs and gradients.
+
+class _FlaxAttnBlock(nn.Module):
+    """AttnBlock as it was written with flax's GroupNorm and MultiHeadDotProductAttention."""
+
+    groups: int
+
+    @nn.compact
+    def __call__(self, h):
+        b, hh, ww, c = h.shape
+        x = nn.GroupNorm(num_groups=self.groups)(h).reshape(b, hh * ww, c)
+        x = nn.MultiHeadDotProductAttention(num_heads=1, qkv_features=c,
+                                            out_kernel_init=nn.initializers.zeros)(x)
+        return h + x.reshape(b, hh, ww, c)
+
+
+def _same_function(ours, theirs, x, *, rtol=1e-5):
+    """Both modules from one key: equal parameter trees and values, outputs and gradients
+    (parameters moved off their initial values first)."""
+    p_ours = ours.init(jax.random.key(0), x)
+    p_theirs = theirs.init(jax.random.key(0), x)
+    assert jax.tree.structure(p_ours) == jax.tree.structure(p_theirs)
+    jax.tree.map(np.testing.assert_array_equal, p_ours, p_theirs)
+    params = _perturb(p_ours)
+
+    def value_and_grads(module):
+        f = lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))  # noqa: E731
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(params, x)
+
+    (v1, g1), (v2, g2) = value_and_grads(ours), value_and_grads(theirs)
+    np.testing.assert_allclose(v1, v2, rtol=rtol)
+    # absolute tolerance on the scale of all gradients: some are zero in exact arithmetic
+    # (a bias on the keys does not change the softmax) and both sides hold rounding there
+    scale = max(float(np.abs(b).max()) for b in jax.tree.leaves(g2))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * scale),
+                 g1, g2)
+    np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), rtol=rtol,
+                               atol=rtol * float(np.abs(theirs.apply(params, x)).max()))
+
+
+def test_pointwise_is_a_one_by_one_convolution():
+    x = jax.random.normal(jax.random.key(1), (2, 4, 4, 16))
+    _same_function(models.Pointwise(8), nn.Conv(8, (1, 1)), x)
+
+
+@pytest.mark.parametrize("chunk", [0, 16, 12, 1000])  # 12 does not divide N = 64: 8 is used
+def test_attention_block_is_flax_attention_in_every_chunking(chunk):
+    h = jax.random.normal(jax.random.key(1), (2, 8, 8, 8))
+    _same_function(models.AttnBlock(query_chunk=chunk), _FlaxAttnBlock(groups=2), h)
+
+
+def test_chunked_attention_keeps_one_chunk_of_weights_at_a_time():
+    q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 64, 8))
+    whole = jax.make_jaxpr(functools.partial(models.attention, query_chunk=0))(q, k, v)
+    chunked = jax.make_jaxpr(functools.partial(models.attention, query_chunk=16))(q, k, v)
+    shapes = lambda jaxpr: {tuple(v.aval.shape) for e in jaxpr.eqns for v in e.outvars}  # noqa: E731
+    assert (2, 64, 64) in shapes(whole.jaxpr)
+    assert (2, 64, 64) not in shapes(chunked.jaxpr)
+    assert any(e.primitive.name == "scan" for e in chunked.jaxpr.eqns)

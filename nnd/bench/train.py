@@ -23,7 +23,7 @@ random batch every step (the step's cost does not depend on pixel values).
 Run::
 
     python -m nnd.bench.train [--rows gaussian,laplace] [--width 32] [--blocks 4]
-        [--batch 32] [--no-analysis] [--out FILE.json]
+        [--batch 32] [--query-chunk 128] [--no-analysis] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -51,10 +51,16 @@ __all__ = ["PAIRS", "config", "StandInBatches", "network", "benchmark", "markdow
 PAIRS = tuple(defaults.ROWS)
 
 
-def config(row: str, *, width: int, blocks: int, batch: int):
+#: Attention queries per chunk on the benchmark's CPU net (``models.attention``): the
+#: [B, N, N] weights of a 32×32 image otherwise go through memory several times.
+QUERY_CHUNK = 128
+
+
+def config(row: str, *, width: int, blocks: int, batch: int, query_chunk: int = QUERY_CHUNK):
     """The CIFAR-10 config of Table 2 row ``row`` with a VDM network of reduced width."""
     cfg = defaults.image("cifar10", row, net="vdm")
-    cfg.model = defaults.model("vdm", channels=width, num_blocks=blocks, embed_dim=width)
+    cfg.model = defaults.model("vdm", channels=width, num_blocks=blocks, embed_dim=width,
+                               query_chunk=query_chunk)
     cfg.data.batch_size = batch
     return cfg
 
@@ -72,11 +78,12 @@ class StandInBatches:
         return rng.uniform(-1, 1, (self.local_batch,) + self.shape).astype(np.float32)
 
 
-def network(row: str, *, width: int, blocks: int, batch: int, workdir: str) -> train.Run:
+def network(row: str, *, width: int, blocks: int, batch: int, workdir: str,
+            query_chunk: int = QUERY_CHUNK) -> train.Run:
     """:func:`nnd.train.build` of :func:`config` with :class:`StandInBatches`."""
     batches = StandInBatches(data.example_shape("cifar10"), batch // jax.process_count())
-    return train.build(config(row, width=width, blocks=blocks, batch=batch),
-                       os.path.join(workdir, f"{row}_w{width}_b{blocks}_n{batch}"),
+    return train.build(config(row, width=width, blocks=blocks, batch=batch, query_chunk=query_chunk),
+                       os.path.join(workdir, f"{row}_w{width}_b{blocks}_n{batch}_c{query_chunk}"),
                        batches=batches, mesh=train.make_mesh())
 
 
@@ -99,16 +106,29 @@ def _step_runner(compiled, state, batch_x, key, num_keys: int = 64):
     return run
 
 
-def _prepare(row: str, *, width: int, blocks: int, batch: int, workdir: str) -> dict:
+def _prepare(row: str, *, width: int, blocks: int, batch: int, workdir: str,
+             query_chunk: int = QUERY_CHUNK) -> dict:
     """Compiles one row's train step and its loss alone: {'row', 'q', 'p', 'compile_seconds',
-    'step': Timed, 'loss': Timed, 'shape'}."""
-    run = network(row, width=width, blocks=blocks, batch=batch, workdir=workdir)
+    'step': Timed, 'loss': Timed, 'shape'}.
+
+    FLOP and bytes per step are XLA's cost analysis of the same step with the attention
+    unchunked (``query_chunk = 0``): XLA counts a loop body once, and the chunked step
+    recomputes the attention weights in its backward pass; the network's own work is
+    the same either way.
+    """
+    run = network(row, width=width, blocks=blocks, batch=batch, workdir=workdir,
+                  query_chunk=query_chunk)
     batch_x = jax.make_array_from_process_local_data(run.batch_sharding, run.batches(0))
     key = jax.random.key(0)
     start = time.perf_counter()
     compiled = run.step_fn.lower(run.state, batch_x, key).compile()
     compile_s = time.perf_counter() - start
-    cost = machine.cost(compiled)
+    if query_chunk:
+        whole = network(row, width=width, blocks=blocks, batch=batch, workdir=workdir,
+                        query_chunk=0)
+        cost = machine.cost(whole.step_fn.lower(whole.state, batch_x, key).compile())
+    else:
+        cost = machine.cost(compiled)
     e = run.experiment
 
     def loss_alone(w, x):
@@ -124,44 +144,78 @@ def _prepare(row: str, *, width: int, blocks: int, batch: int, workdir: str) -> 
                                            jnp.float32(0.5), batch_x)}
 
 
-def _probes(batch: int, shape, width: int) -> list[machine.Timed]:
-    """The 3×3 convolution at the network's shape and the attention block, forward+backward."""
+def _probes(batch: int, shape, width: int, query_chunk: int = QUERY_CHUNK) -> list[machine.Timed]:
+    """The step's main ops alone, forward+backward: the 3×3 convolution at the network's
+    shape; the up blocks' 1×1 shortcut [.., 2·width]→width as the convolution it was and
+    as :class:`nnd.models.Pointwise`; the attention block with all queries at once and
+    in chunks of ``query_chunk``. The pairs are the before and after of the network's
+    two CPU formulations, timed in the same turns."""
     h = jax.random.normal(jax.random.key(3), (batch, *shape[:2], width))
     w = jax.random.normal(jax.random.key(4), (3, 3, width, width)) / (3 * math.sqrt(width))
+    h2 = jnp.concatenate([h, h[::-1]], -1)
+    w1 = jax.random.normal(jax.random.key(6), (1, 1, 2 * width, width)) / math.sqrt(2 * width)
     attn = models.AttnBlock()
     attn_params = attn.init(jax.random.key(5), h)
+    chunked = models.AttnBlock(query_chunk=query_chunk)
 
     def conv(h, w):
         y = jax.lax.conv_general_dilated(h, w, (1, 1), "SAME",
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return jnp.sum(y * h)
 
+    def shortcut_conv(h2, w1):  # as nn.Conv((1, 1)) computes it, bias included
+        y = jax.lax.conv_general_dilated(h2, w1, (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.sum((y + w1[0, 0, 0]) * h)
+
+    def shortcut_pointwise(h2, w1):
+        return jnp.sum(models.Pointwise(width).apply({"params": {"kernel": w1, "bias": w1[0, 0, 0]}},
+                                                     h2) * h)
+
     def attention(p, h):
         return jnp.sum(attn.apply(p, h) * h)
 
+    def attention_chunked(p, h):
+        return jnp.sum(chunked.apply(p, h) * h)
+
     grad = lambda fn: jax.value_and_grad(fn, argnums=(0, 1))  # noqa: E731
     where = f"[{batch},{shape[0]},{shape[1]},{width}]"
-    return [machine.compiled_timed(f"conv 3×3 {where}→{width} forward+backward", grad(conv), h, w),
-            machine.compiled_timed(f"attention block {where} forward+backward", grad(attention),
-                                   attn_params, h)]
+    wide = f"[{batch},{shape[0]},{shape[1]},{2 * width}]"
+    probes = [machine.compiled_timed(f"conv 3×3 {where}→{width} forward+backward", grad(conv), h, w),
+              machine.compiled_timed(f"shortcut 1×1 {wide}→{width} as a convolution, "
+                                     "forward+backward", grad(shortcut_conv), h2, w1),
+              machine.compiled_timed(f"shortcut 1×1 {wide}→{width} as Pointwise (a matmul), "
+                                     "forward+backward", grad(shortcut_pointwise), h2, w1),
+              machine.compiled_timed(f"attention block {where} forward+backward", grad(attention),
+                                     attn_params, h)]
+    if query_chunk:
+        flops = probes[-1].flops  # the chunked form's loop is counted once by XLA
+        timed = machine.compiled_timed(
+            f"attention block {where}, query_chunk={query_chunk}, forward+backward",
+            grad(attention_chunked), attn_params, h)
+        probes.append(machine.Timed(timed.name, timed.run, flops, timed.bytes))
+    return probes
 
 
 def benchmark(rows=PAIRS, *, width: int = 32, blocks: int = 4, batch: int = 32, steps: int = 5,
               repeats: int = 7, matmul_sizes=None, probes: bool = True,
-              min_turn_seconds: float = 0.3, workdir: str | None = None, log=print) -> dict:
+              min_turn_seconds: float = 0.3, workdir: str | None = None,
+              query_chunk: int = QUERY_CHUNK, log=print) -> dict:
     """Compiles every row (and the probes), times all round-robin; a JSON-ready dict."""
     if workdir is None:
         with tempfile.TemporaryDirectory() as tmp:
             return benchmark(rows, width=width, blocks=blocks, batch=batch, steps=steps,
                              repeats=repeats, matmul_sizes=matmul_sizes, probes=probes,
-                             min_turn_seconds=min_turn_seconds, workdir=tmp, log=log)
+                             min_turn_seconds=min_turn_seconds, workdir=tmp,
+                             query_chunk=query_chunk, log=log)
     entries = []
     for row in rows:
-        entries.append(_prepare(row, width=width, blocks=blocks, batch=batch, workdir=workdir))
+        entries.append(_prepare(row, width=width, blocks=blocks, batch=batch, workdir=workdir,
+                                query_chunk=query_chunk))
         log(f"compiled {row}: {entries[-1]['compile_seconds']:.1f}s, "
             f"{entries[-1]['step'].flops / 1e9:.2f} GFLOP/step")
     matmuls = machine.matmul_probes(matmul_sizes)
-    probe_timed = _probes(batch, entries[0]["shape"], width) if probes else []
+    probe_timed = _probes(batch, entries[0]["shape"], width, query_chunk) if probes else []
     steps_timed = [e["step"] for e in entries]
     others = [e["loss"] for e in entries] + matmuls + probe_timed
     # Train steps take `steps` calls per turn; short entries run long enough per turn
@@ -189,7 +243,7 @@ def benchmark(rows=PAIRS, *, width: int = 32, blocks: int = 4, batch: int = 32, 
     report = {
         "benchmark": "train step per (q, p)",
         "config": {"dataset": "cifar10 (stand-in batch, no data read)", "model": "vdm",
-                   "width": width, "blocks": blocks, "batch": batch,
+                   "width": width, "blocks": blocks, "batch": batch, "query_chunk": query_chunk,
                    "image_shape": entries[0]["shape"]},
         "steps": steps, "repeats": repeats,
         "goal_ratio": OVERHEAD_GOAL, "goal_fraction_of_peak": PEAK_FRACTION_GOAL,
@@ -206,8 +260,8 @@ def markdown(report: dict) -> str:
     c = report["config"]
     peak = report["matmul_peak"]
     lines = [f"Train step, CIFAR-10 shape, VDM net width {c['width']}, {c['blocks']}+"
-             f"{c['blocks'] + 1} blocks, batch {c['batch']}; median of {report['repeats']} "
-             "round-robin turns", "",
+             f"{c['blocks'] + 1} blocks, batch {c['batch']}, attention query_chunk "
+             f"{c.get('query_chunk', 0)}; median of {report['repeats']} round-robin turns", "",
              f"Matmul peak (float32 {peak['name']}, same turns): "
              f"{peak['flops_per_second'] / 1e9:.1f} GFLOP/s. Goals: ratio ≤ "
              f"{report['goal_ratio']}, fraction of matmul peak ≥ "
@@ -248,6 +302,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--blocks", type=int, default=4)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--query-chunk", type=int, default=QUERY_CHUNK,
+                        help="attention queries per chunk (0: all at once)")
     parser.add_argument("--steps", type=int, default=5, help="train steps per turn (at least)")
     parser.add_argument("--repeats", type=int, default=7, help="round-robin turns")
     parser.add_argument("--matmul-sizes", default=None, help="N of the matmul probes, e.g. 1024,2048")
@@ -257,7 +313,8 @@ def main(argv=None) -> dict:
     sizes = [int(n) for n in args.matmul_sizes.split(",")] if args.matmul_sizes else None
     report = benchmark(parse_rows(args.rows), width=args.width, blocks=args.blocks,
                        batch=args.batch, steps=args.steps, repeats=args.repeats,
-                       matmul_sizes=sizes, probes=not args.no_analysis)
+                       matmul_sizes=sizes, probes=not args.no_analysis,
+                       query_chunk=args.query_chunk)
     report["machine"] = machine.describe()
     print(f"\n{machine.machine_line(report['machine'])}\n\n{markdown(report)}", flush=True)
     if args.out:
