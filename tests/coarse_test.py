@@ -12,6 +12,7 @@ TINY = {"train.num_steps": 4, "train.log_every": 2, "train.checkpoint_every": 4,
 
 
 @pytest.mark.plumbing
+@pytest.mark.slow  # end-to-end or many compiles; the fast tier stays under 5 minutes
 def test_trains_missing_runs_and_measures_each_k(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(FileNotFoundError, match="pass --train"):

@@ -132,6 +132,7 @@ def _corrupt(step_dir):
                 f.write(b"\x00garbage" * max(size // 16, 1))
 
 
+@pytest.mark.slow  # end-to-end or many compiles; the fast tier stays under 5 minutes
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     config = _config(num_steps=6, checkpoint_every=3)
     straight = train.train(config, str(tmp_path / "straight"))

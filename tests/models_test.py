@@ -272,6 +272,7 @@ def test_vdmnet_default_keeps_the_checkpoint_layout_of_unrolled_blocks():
     assert shapes["params"]["ResBlock_4"]["Conv_0"]["kernel"].shape == (3, 3, 16, 8)  # first up block
 
 
+@pytest.mark.slow  # end-to-end or many compiles; the fast tier stays under 5 minutes
 def test_remat_changes_neither_parameters_nor_outputs_nor_gradients():
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
     t = jnp.array([0.2, 0.7])
@@ -396,3 +397,41 @@ def test_chunked_attention_keeps_one_chunk_of_weights_at_a_time():
     assert (2, 64, 64) in shapes(whole.jaxpr)
     assert (2, 64, 64) not in shapes(chunked.jaxpr)
     assert any(e.primitive.name == "scan" for e in chunked.jaxpr.eqns)
+
+
+@pytest.mark.parametrize("kernel", [3, 1, 2])  # 2: the asymmetric 'SAME' padding
+def test_tapwise_conv_has_the_values_and_gradients_of_the_convolution(kernel):
+    x = jax.random.normal(jax.random.key(0), (2, 6, 5, 4))
+    w = jax.random.normal(jax.random.key(1), (kernel, kernel, 4, 3))
+    g = jax.random.normal(jax.random.key(2), (2, 6, 5, 3))
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    y, vjp = jax.vjp(conv, x, w)
+    y_tap, vjp_tap = jax.vjp(models.tapwise_conv, x, w)
+    np.testing.assert_allclose(y_tap, y, rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(vjp_tap(g), vjp(g)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+
+
+def test_tapwise_conv_module_is_flax_conv():
+    x = jax.random.normal(jax.random.key(1), (2, 6, 6, 4))
+    _same_function(models.TapwiseConv(5, (3, 3)), nn.Conv(5, (3, 3)), x)
+
+
+def test_scanned_network_needs_no_native_kernel_gradient_in_its_loop():
+    # XLA:CPU's kernel-gradient convolution is 40x slower inside a loop: the scanned
+    # network's backward pass has only forward-shaped convolutions (input gradients)
+    model = models.VDMNet(channels=8, num_blocks=2, embed_dim=8, dropout=0.0, scan=True)
+    x, t = jnp.zeros((2, 8, 8, 1)), jnp.zeros(2)
+    params = model.init(jax.random.key(0), x, t)
+    grad = jax.grad(lambda p: jnp.sum(model.apply(p, x, t)))
+    hlo = jax.jit(grad).lower(params).as_text()
+    kernel_shapes = {(3, 3, 8, 8), (3, 3, 16, 8), (3, 3, 1, 8), (3, 3, 8, 1)}
+    convs = [line for line in hlo.splitlines() if "stablehlo.convolution" in line]
+    assert convs
+    for line in convs:  # every convolution returns activations, none a [3, 3, C, D] kernel
+        out = line.rsplit("->", 1)[-1]
+        assert not any("x".join(map(str, s)) + "xf32" in out for s in kernel_shapes), line

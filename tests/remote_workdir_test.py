@@ -84,6 +84,7 @@ def _values(store, prefix):
     return out
 
 
+@pytest.mark.slow  # end-to-end or many compiles; the fast tier stays under 5 minutes
 def test_train_eval_sample_and_resume_stay_in_the_bucket(gcs, empty_cwd, caplog):
     state = train.train(_config(4), WORKDIR)
     assert int(state.step) == 4
