@@ -106,13 +106,14 @@ def _quiet_closed_loop(unraisable, previous=sys.unraisablehook):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # before anything starts jax's backends (their probing logs at INFO)
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     initialize_distributed()
     if FLAGS.verbosity < 1:  # the user did not ask for more than INFO
         if jax.process_index() == 0:
             logging.set_verbosity(logging.INFO)
         else:
             logging.set_verbosity(logging.WARNING)
-    logging.get_absl_handler().addFilter(_QuietLibraries())
     sys.unraisablehook = _quiet_closed_loop
     logging.info("devices: %s", jax.devices())
     run = {"train": train.train, "eval": evaluate.evaluate, "sample": evaluate.sample,

@@ -52,14 +52,17 @@ _SIZES = (
     ("steps", int, "train steps per turn (at least)"),
     ("repeats", int, "round-robin turns"),
     ("matmul_sizes", str, "N of the float32 matmul probes, e.g. 1024,2048"),
+    ("query_chunk", int, "attention queries per chunk in the train steps (0: all at once)"),
     ("walk_steps", int, "K of the per-law walk"),
     ("walk_points", int, "points of the per-law walk"),
     ("walk_repeats", int, "repeats of the per-law walk"),
 )
 _DEFAULTS = dict(width=32, blocks=4, batch=32, steps=5, repeats=7, matmul_sizes="",
-                 walk_steps=1000, walk_points=10_000, walk_repeats=5)
+                 query_chunk=bench_train.QUERY_CHUNK, walk_steps=1000, walk_points=10_000,
+                 walk_repeats=5)
 _QUICK = dict(width=8, blocks=1, batch=4, steps=1, repeats=1, matmul_sizes="128,256",
-              walk_steps=5, walk_points=100, walk_repeats=1)
+              query_chunk=bench_train.QUERY_CHUNK, walk_steps=5, walk_points=100,
+              walk_repeats=1)
 
 
 def _log(msg: str) -> None:
@@ -67,10 +70,10 @@ def _log(msg: str) -> None:
 
 
 def network_memory(*, width: int, blocks: int, batch: int, num_steps, path_steps,
-                   workdir: str) -> dict:
+                   workdir: str, query_chunk: int = bench_train.QUERY_CHUNK) -> dict:
     """:func:`nnd.bench.walks.walk_memory` with the reduced-width CIFAR network as score."""
     run = bench_train.network("gaussian", width=width, blocks=blocks, batch=batch,
-                              workdir=workdir)
+                              workdir=workdir, query_chunk=query_chunk)
     model, params, process = run.experiment.model, run.state.ema_params, run.experiment.process
     score = processes.score_fn_from_eps(process,
                                         lambda x, t: model.apply({"params": params}, x, t))
@@ -196,7 +199,7 @@ def main(argv=None) -> dict:
     _log(f"machine: {machine.machine_line(report['machine'])}")
     _write(report, args.out, args.markdown)
     train_sizes = dict(batch=args.batch, steps=args.steps, repeats=args.repeats,
-                       matmul_sizes=sizes, log=_log)
+                       matmul_sizes=sizes, query_chunk=args.query_chunk, log=_log)
     with tempfile.TemporaryDirectory() as workdir:
         if "train" in parts:
             _log(f"train step: rows {rows}, width {args.width}, {args.blocks} blocks, "
@@ -217,7 +220,7 @@ def main(argv=None) -> dict:
                                                 num_steps=memory_steps),
                 "network": network_memory(width=args.width, blocks=args.blocks,
                                           batch=args.batch, num_steps=memory_steps,
-                                          path_steps=1000,
+                                          path_steps=1000, query_chunk=args.query_chunk,
                                           workdir=os.path.join(workdir, "memory")),
             }
             _write(report, args.out, args.markdown)
