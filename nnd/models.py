@@ -33,10 +33,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["sinusoidal_embedding", "MLP", "Pointwise", "tapwise_conv", "TapwiseConv",
-           "attention", "ResBlock",
-           "AttnBlock", "VDMNet", "UNet", "MODELS", "make",
-           "init_params", "DTYPES"]
+__all__ = ["sinusoidal_embedding", "MLP", "Pointwise", "tapwise_conv", "TapwiseConv", "attention",
+           "ResBlock", "AttnBlock", "VDMNet", "UNet", "MODELS", "make", "init_params", "DTYPES"]
 
 #: Compute dtypes a model takes (``config.model.dtype``); parameters are float32 either way.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
