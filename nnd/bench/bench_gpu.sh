@@ -120,14 +120,14 @@ if command -v nvidia-smi >/dev/null 2>&1; then
   log "$(nvidia-smi -L 2>/dev/null | head -n 4 || true)"
 fi
 
+# Attention unchunked: chunks help the CPU's caches, a GPU would run them in sequence.
 args=(--out "$OUT/bench_gpu.json" --markdown "$OUT/bench_gpu.md"
-  --parts "train,walks,memory,full")
+  --parts "train,walks,memory,full" --query-chunk 0)
 if [[ "$QUICK" == 1 ]]; then
   args+=(--quick)
 else
-  # Batch 128 (the CIFAR config's), more steps per turn than on CPU (a step takes ms);
-  # attention unchunked (chunks help the CPU's caches, a GPU runs them in sequence).
-  args+=(--batch 128 --steps 20 --repeats 5 --walk-repeats 5 --query-chunk 0)
+  # Batch 128 (the CIFAR config's), more steps per turn than on CPU (a step takes ms).
+  args+=(--batch 128 --steps 20 --repeats 5 --walk-repeats 5)
 fi
 # shellcheck disable=SC2206  # BENCH_ARGS is word-split on purpose
 args+=($BENCH_ARGS)
