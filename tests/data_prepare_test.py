@@ -160,6 +160,7 @@ def _tiny_config(name):
 VERSIONS = {"cifar10": "3.0.2", "mnist": "3.0.1"}
 
 
+@pytest.mark.slow  # end-to-end or many compiles; the fast tier stays under 5 minutes
 @pytest.mark.parametrize("name", ["cifar10", "mnist"])
 def test_prepare_fake_raw_files_and_read_every_record_back(tmp_path, raw, no_network, name):
     raw_dir, images = raw

@@ -83,6 +83,7 @@ def test_a_wrong_score_gives_a_wrong_density():
     assert np.max(np.abs(lp - exact_model_log_prob(VP, mu, var, x))) / 2 > 1e-2
 
 
+@pytest.mark.slow  # end-to-end or many compiles; the fast tier stays under 5 minutes
 def test_fixed_step_heun_agrees_with_adaptive():
     gmm = oracles.gmm8()
     x = np.asarray(oracles.sample_gmm(jax.random.key(3), gmm, 100))
