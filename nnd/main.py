@@ -28,9 +28,10 @@ flags.DEFINE_bool("debug", False, "Show the traceback of a config, workdir or mi
                   "error instead of one line.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-#: A user's mistake: reported in one line naming the field or path (no traceback).
+#: A user's mistake, or a run stopped by a non-finite step: reported in one line naming the
+#: field, path or step and the last good checkpoint (no traceback), exit status 2.
 USER_ERRORS = (config_lib.ConfigError, checkpoints.WorkdirError, paths.UnsupportedPath,
-               FileNotFoundError)
+               FileNotFoundError, train.NonFiniteError)
 
 
 def multiprocess_environment(env=None) -> bool:

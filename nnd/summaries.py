@@ -6,6 +6,11 @@ Training writes ``WORKDIR/metrics.jsonl`` and TensorBoard events in
 process 0 writes. Events are TFRecords of ``tensorboard``'s own protos, framed by its
 ``RecordWriter`` and written through :mod:`nnd.paths`, so a ``gs://`` workdir gets
 them in the bucket and no TensorFlow is needed.
+
+A resumed run first calls :func:`drop_after` with the restored step: records of
+later steps (written before a crash, or before the newest checkpoint proved
+unreadable) are removed from ``metrics.jsonl`` and from the training event files,
+so every reader sees each step once, with the values of the run that continues.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import logging
 import os
 import socket
 import struct
@@ -20,7 +26,7 @@ import time
 
 from nnd import paths
 
-__all__ = ["Events", "SummaryWriter", "flatten"]
+__all__ = ["Events", "SummaryWriter", "flatten", "drop_after"]
 
 
 _WRITERS = itertools.count()  # event files of this process: never two writers on one file
@@ -112,3 +118,71 @@ class SummaryWriter:
         if self.enabled:
             self.events.images(step, images)
 
+
+def _records(data: bytes):
+    """The TFRecords of an event file as (step, raw bytes) pairs; a torn last record is dropped.
+
+    A record is ``length (uint64) | crc(length) | payload | crc(payload)``; the raw
+    bytes are kept as read, so the CRCs stay valid.
+    """
+    from tensorboard.compat.proto import event_pb2  # noqa: PLC0415
+
+    out, at = [], 0
+    while at + 12 <= len(data):
+        (length,) = struct.unpack("<Q", data[at:at + 8])
+        end = at + 12 + length + 4
+        if end > len(data):
+            break
+        try:
+            event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+        except Exception:  # noqa: BLE001  (a corrupt record ends what can be read)
+            break
+        out.append((event.step, data[at:end]))
+        at = end
+    return out
+
+
+def drop_after(workdir: str, step: int) -> int:
+    """Removes the records of steps after ``step`` from the run's ``metrics.jsonl`` and events.
+
+    Called when training resumes from the checkpoint of ``step`` (0 for a fresh
+    start): the dropped steps are trained again and written anew. Lines of
+    ``metrics.jsonl`` that do not parse (a write cut short) go too. Event files in
+    ``workdir/tensorboard`` (not ``eval/``, whose steps are checkpoints) are
+    rewritten with the records of steps <= ``step``; one left with nothing but its
+    header is deleted. Files are replaced whole (:func:`nnd.paths.write`). Returns
+    the number of records dropped (logged when not 0).
+    """
+    root = paths.get(workdir)
+    dropped = 0
+    jsonl = root / "metrics.jsonl"
+    if jsonl.exists():
+        lines = jsonl.read_text().splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                keep = int(json.loads(line)["step"]) <= step
+            except (ValueError, KeyError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        if kept != lines:
+            dropped += len(lines) - len(kept)
+            paths.write(jsonl, "".join(kept))
+    logdir = root / "tensorboard"
+    if logdir.is_dir():
+        for path in sorted(logdir.glob("events.out.tfevents.*")):
+            data = path.read_bytes()
+            records = _records(data)
+            kept = [raw for s, raw in records if s <= step]
+            if len(kept) == len(records) and sum(map(len, kept)) == len(data):
+                continue
+            dropped += len(records) - len(kept)
+            if len(kept) <= 1:  # at most the file_version header: nothing left to show
+                path.unlink()
+            else:
+                paths.write(path, b"".join(kept))
+    if dropped:
+        logging.info("resuming from step %d: dropped %d records of later steps from %s and %s",
+                     step, dropped, jsonl, logdir)
+    return dropped

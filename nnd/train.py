@@ -30,8 +30,16 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from nnd import checkpoints, data, keys, losses, models, paths, pictures, samplers, summaries
 from nnd import config as config_lib
 
-__all__ = ["TrainState", "Run", "make_optimizer", "init_state", "abstract_state", "train_step",
-           "jit_train_step", "make_mesh", "build", "train"]
+__all__ = ["TrainState", "Run", "NonFiniteError", "make_optimizer", "init_state", "abstract_state",
+           "train_step", "jit_train_step", "make_mesh", "build", "train"]
+
+
+class NonFiniteError(FloatingPointError):
+    """Training met a non-finite loss or gradient (``train.skip_nonfinite`` off).
+
+    The message names the step, and, once the loop has stopped, the last good
+    checkpoint (or that none was saved yet), in one line.
+    """
 
 
 @flax.struct.dataclass
@@ -214,7 +222,7 @@ class _LateMetrics:
     """The one metrics path: step s's metrics are fetched after step s + 1 is dispatched.
 
     :meth:`push` hands over the device metrics of a step and processes the previous
-    ones: if they are not finite it raises FloatingPointError naming the step (or,
+    ones: if they are not finite it raises NonFiniteError naming the step (or,
     with ``skip_nonfinite``, counts and logs the skipped update); on a log step it
     writes them (metrics.jsonl, TensorBoard, one log line with the rate and ETA).
     :meth:`flush` processes what is pending (before a checkpoint and at the end),
@@ -252,11 +260,7 @@ class _LateMetrics:
             logging.warning("step %d: non-finite %s (loss=%s, grad_norm=%s); update skipped "
                             "(%d so far)", step, what, loss, grad_norm, self.skipped)
             return
-        manager = self.run.manager
-        raise FloatingPointError(
-            f"step {step}: non-finite {what} (loss={loss}, grad_norm={grad_norm}); the last "
-            f"good checkpoint is step {manager.latest_step()} in {manager.directory}. Set "
-            "config.train.skip_nonfinite=True to skip such steps instead.")
+        raise NonFiniteError(f"step {step}: non-finite {what} (loss={loss}, grad_norm={grad_norm})")
 
     def _log(self, step, host):
         now = time.time()
@@ -283,25 +287,33 @@ def train(config, workdir: str, *, batches=None, mesh=None) -> TrainState:
     """Trains from scratch or resumes from ``workdir/checkpoints``; returns the final state.
 
     ``batches`` defaults to :func:`nnd.data.make_batches` of the config's dataset,
-    ``mesh`` to all devices. Robustness: the workdir is checked before anything
-    compiles; SIGTERM saves a checkpoint at the current step and returns (rerun to
+    ``mesh`` to all devices. Robustness: the config is validated before anything
+    is created, the workdir checked before anything compiles; SIGTERM saves a checkpoint at the current step and returns (rerun to
     resume, bit-identically); a non-finite loss or gradient raises
-    FloatingPointError naming the step (no checkpoint is written after it) unless
-    ``train.skip_nonfinite``, which skips such steps and counts them. A disk that
+    :class:`NonFiniteError` (a FloatingPointError) naming the step and the last good
+    checkpoint (no checkpoint is written after it) unless ``train.skip_nonfinite``,
+    which skips such steps and counts them. On a resume from step s, records of
+    steps after s (``metrics.jsonl``, TensorBoard) are dropped first: they describe
+    steps that are about to be trained again. A disk that
     fills mid-run raises :class:`nnd.checkpoints.WorkdirError` naming the workdir and
     the last good checkpoint. ``workdir`` may be local or remote (gs://).
     """
     started = time.time()
+    mesh = make_mesh() if mesh is None else mesh
+    config_lib.resolve(config, num_devices=mesh.size)  # an invalid config creates nothing
     checkpoints.check_workdir(workdir)
     batches = data.make_batches(config) if batches is None else batches
-    run = build(config, workdir, batches=batches, mesh=make_mesh() if mesh is None else mesh)
+    run = build(config, workdir, batches=batches, mesh=mesh)
     state, manager = run.state, run.manager
     checkpoints.check_workdir(workdir, state, config.train.keep_checkpoints)
     start, total = int(state.step), config.train.num_steps
     if start:
         logging.info("resumed from step %d in %s", start, workdir)
+    writing = jax.process_index() == 0
+    if writing:  # the records end where the restored state does: no step appears twice
+        summaries.drop_after(workdir, start)
     train_root = keys.stream(run.root, keys.Stream.TRAIN)
-    writer = summaries.SummaryWriter(workdir, enabled=jax.process_index() == 0)
+    writer = summaries.SummaryWriter(workdir, enabled=writing)
     late = _LateMetrics(run, config, writer, start)
     preemption = checkpoints.Preemption()
     try:
@@ -328,6 +340,9 @@ def train(config, workdir: str, *, batches=None, mesh=None) -> TrainState:
         _close_after_failure(manager)
         if checkpoints.is_disk_full(err):
             raise _disk_full(err, workdir) from None
+        if isinstance(err, NonFiniteError):
+            raise NonFiniteError(f"{err}; {_last_good(workdir)}. Set "
+                                 "config.train.skip_nonfinite=True to skip such steps instead.") from None
         raise
     finally:
         preemption.close()
@@ -348,10 +363,15 @@ def _close_after_failure(manager: ocp.CheckpointManager) -> None:
         logging.debug("closing the checkpoint manager after a failure: %s", err)
 
 
+def _last_good(workdir: str) -> str:
+    """"the last good checkpoint is step N in DIR", read from disk after the manager closed."""
+    step = checkpoints.latest_step(workdir)
+    return (f"the last good checkpoint is step {step} in {checkpoints.directory(workdir)}"
+            if step is not None else f"no checkpoint was saved yet in {checkpoints.directory(workdir)}")
+
+
 def _disk_full(err: BaseException, workdir: str) -> checkpoints.WorkdirError:
     """The one-line error of a disk that filled mid-run: the workdir and the last good checkpoint."""
-    step = checkpoints.latest_step(workdir)
-    last = (f"the last good checkpoint is step {step} in {checkpoints.directory(workdir)}"
-            if step is not None else "no checkpoint was saved")
-    return checkpoints.WorkdirError(f"workdir {workdir!r}: no space left on the disk; {last}. "
-                                    "Free some space and rerun the same command to resume.")
+    return checkpoints.WorkdirError(f"workdir {workdir!r}: no space left on the disk; "
+                                    f"{_last_good(workdir)}. Free some space and rerun the same "
+                                    "command to resume.")

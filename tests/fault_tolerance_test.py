@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from nnd import checkpoints, data, defaults, paths, train
+from nnd import checkpoints, data, defaults, paths, summaries, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = 1500
@@ -160,15 +160,104 @@ def _poison_step(monkeypatch, bad_step):
     monkeypatch.setattr(data.Batches, "__call__", batches)
 
 
+@pytest.mark.plumbing
 def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     _poison_step(monkeypatch, 4)  # the batch of step index 4 gives step 5 a NaN loss
     config = _config(num_steps=9, checkpoint_every=3)
-    with pytest.raises(FloatingPointError, match=r"step 5: non-finite loss.*last good checkpoint is step 3"):
+    with pytest.raises(train.NonFiniteError) as caught:
         train.train(config, str(tmp_path))
-    assert _checkpoints(tmp_path) == [3]
+    assert str(caught.value) == (
+        "step 5: non-finite loss (loss=nan, grad_norm=nan); the last good checkpoint is step 3 "
+        f"in {tmp_path}/checkpoints. Set config.train.skip_nonfinite=True to skip such steps "
+        "instead.")
+    assert caught.value.__cause__ is None and _checkpoints(tmp_path) == [3]
     run = _build(config, str(tmp_path))
     assert all(np.all(np.isfinite(x)) for x in _leaves(run.state))
     run.manager.close()
+
+
+@pytest.mark.plumbing
+@pytest.mark.slow  # a compile (about 3 s)
+def test_nan_before_the_first_checkpoint_says_there_is_none(tmp_path, monkeypatch):
+    _poison_step(monkeypatch, 1)
+    with pytest.raises(train.NonFiniteError, match=r"^step 2: non-finite loss .*; no checkpoint was "
+                       rf"saved yet in {tmp_path}/checkpoints\. Set config"):
+        train.train(_config(num_steps=9, checkpoint_every=3), str(tmp_path))
+    assert _checkpoints(tmp_path) == []
+
+
+_NAN_CHILD = """
+import sys
+import numpy as np
+from absl import app
+from nnd import data, main
+original = data.Batches.__call__
+data.Batches.__call__ = lambda self, step: (np.full_like(original(self, step), np.nan)
+                                            if step == 4 else original(self, step))
+sys.argv = ["nnd.main"] + sys.argv[1:]
+app.run(main.main)
+"""
+
+
+@pytest.mark.slow  # a subprocess: jax start-up and a compile
+def test_nan_stop_is_one_line_and_exit_status_2_from_the_command_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", _NAN_CHILD, "--config=configs/toy_gaussian.py",
+         f"--workdir={tmp_path}", "--config.train.num_steps=9", "--config.train.checkpoint_every=3",
+         "--config.train.sample_every=0", "--config.data.batch_size=32",
+         "--config.model.hidden=16", "--config.model.depth=1", "--config.model.embed_dim=8"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("nnd: ")] == [
+        "nnd: step 5: non-finite loss (loss=nan, grad_norm=nan); the last good checkpoint is "
+        f"step 3 in {tmp_path}/checkpoints. Set config.train.skip_nonfinite=True to skip such "
+        "steps instead."]
+
+
+def _steps_recorded(workdir):
+    """(steps in metrics.jsonl, steps of the loss in TensorBoard, read by its own loader)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rows = [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")]
+    events = EventAccumulator(str(workdir / "tensorboard"))
+    events.Reload()
+    return rows, [e.step for e in events.Scalars("loss")]
+
+
+@pytest.mark.plumbing
+@pytest.mark.slow  # two runs and a restore (about 11 s); the mechanism's fast test is below
+def test_a_fallback_to_an_older_checkpoint_drops_the_records_past_it(tmp_path):
+    config = _config(num_steps=6, checkpoint_every=3)
+    config.train.log_every = 1
+    train.train(config, str(tmp_path))
+    first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    _corrupt(tmp_path / "checkpoints" / "6")
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "lo')  # and a line cut short by a crash
+    resumed = train.train(config, str(tmp_path))  # falls back to step 3, trains 4..6 again
+    assert int(resumed.step) == 6
+    rows, events = _steps_recorded(tmp_path)
+    assert rows == events == [1, 2, 3, 4, 5, 6]  # each step once, not 1..6 then 4..6
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["loss"] == first["loss"]  # the retrained steps are the same steps
+
+
+def test_drop_after_keeps_records_up_to_the_step_and_is_a_no_op_when_nothing_is_later(tmp_path):
+    writer = summaries.SummaryWriter(str(tmp_path))
+    for step in (2, 4, 6):
+        writer.write(step, {"loss": float(step)})
+    png = b"\x89PNG\r\n\x1a\n" + b"\0\0\0\x0dIHDR" + b"\0\0\0\x01" * 2 + b"\x08\0\0\0\0"
+    writer.images(6, {"samples": png})
+    before = {p.name: p.read_bytes() for p in (tmp_path / "tensorboard").iterdir()}
+    assert summaries.drop_after(str(tmp_path), 6) == 0
+    assert {p.name: p.read_bytes() for p in (tmp_path / "tensorboard").iterdir()} == before
+    assert summaries.drop_after(str(tmp_path), 4) == 3  # one row, one scalar event, one image
+    rows, events = _steps_recorded(tmp_path)
+    assert rows == events == [2, 4]
+    assert summaries.drop_after(str(tmp_path), 0) == 4
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+    assert list((tmp_path / "tensorboard").iterdir()) == []  # nothing but a header: deleted
 
 
 def test_skip_nonfinite_skips_the_bad_step(tmp_path, monkeypatch):
