@@ -329,7 +329,8 @@ def evaluate(config, workdir: str) -> dict:
             {k: v for k, v in result.items() if k != "step"}, "eval/"))
         events.images(run.step, {f"eval/{name.removesuffix('.png')}": png
                                  for name, png in pngs.items()})
-    logging.info("eval written to %s and %s (%.0f s)", out_dir,
+    logging.info("eval of checkpoint step %d (%s) written to %s and %s (%.0f s)", run.step,
+                 f"{checkpoints.directory(workdir)}/{run.step}", out_dir,
                  paths.get(workdir) / "tensorboard" / "eval", result["wall_seconds"])
     return result
 
@@ -347,5 +348,7 @@ def sample(config, workdir: str):
         root = paths.get(workdir)
         paths.savez(root / "samples.npz", samples=samples, nfe=nfe)
         pictures.samples_png(samples, root / "samples.png", _title(config, run, nfe=nfe))
-    logging.info("%d samples (NFE %.0f) in %s", len(samples), nfe, paths.get(workdir) / "samples.npz")
+    logging.info("%d samples (NFE %.0f) of checkpoint step %d (%s) in %s", len(samples), nfe,
+                 run.step, f"{checkpoints.directory(workdir)}/{run.step}",
+                 paths.get(workdir) / "samples.npz")
     return samples

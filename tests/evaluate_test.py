@@ -1,6 +1,7 @@
 """Tests for nnd.evaluate (``--mode=eval`` and ``--mode=sample``) with tiny budgets."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -71,12 +72,14 @@ def test_eval_without_checkpoint_raises(tmp_path):
         evaluate.sample(_tiny_toy_config(), str(tmp_path))
 
 
-def test_toy_eval_writes_every_file(tmp_path):
+def test_toy_eval_writes_every_file(tmp_path, caplog):
     config = _tiny_toy_config()
     train.train(config, str(tmp_path))
-    result = evaluate.evaluate(config, str(tmp_path))
+    with caplog.at_level(logging.INFO):
+        result = evaluate.evaluate(config, str(tmp_path))
     _check_written(tmp_path, result)
     assert result["step"] == 6
+    assert f"eval of checkpoint step 6 ({tmp_path}/checkpoints/6)" in caplog.records[-1].getMessage()
     lik = result["likelihood"]
     assert lik["num_examples"] == 40 and lik["divergence"] == "exact"
     assert np.isfinite(lik["nats_per_dim"]) and np.isfinite(lik["exact_nats_per_dim"])

@@ -43,6 +43,7 @@ def test_a_users_mistake_is_one_line_and_no_traceback(tmp_path, args, message):
     result = _main("--config=configs/toy_gaussian.py", f"--workdir={tmp_path / 'w'}", *TINY, *args)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "w").exists()  # refused before anything is created
     assert [line for line in result.stderr.splitlines() if line.startswith("nnd: ")] == [
         next(line for line in result.stderr.splitlines() if line.startswith(message))]
 

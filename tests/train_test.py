@@ -1,6 +1,7 @@
 """Tests for nnd.train, nnd.config and nnd.main on the 2-D toy: train, resume, sample, refuse."""
 
 import json
+import logging
 import os
 
 import jax
@@ -65,14 +66,25 @@ def test_resume_matches_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.plumbing
-def test_sample_mode_writes_samples_and_picture(tmp_path):
+def test_sample_mode_writes_samples_and_picture(tmp_path, caplog):
     config = _tiny_config()
     train.train(config, str(tmp_path))
-    samples = evaluate.sample(config, str(tmp_path))
+    with caplog.at_level(logging.INFO):
+        samples = evaluate.sample(config, str(tmp_path))
     assert samples.shape == (50, 2) and np.all(np.isfinite(samples))
     with np.load(tmp_path / "samples.npz") as f:
         np.testing.assert_array_equal(f["samples"], samples)
     assert (tmp_path / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "of checkpoint step 6 (" in caplog.records[-1].getMessage()
+    # The newest checkpoint unreadable: the final line names the older one that was used.
+    for root, _, files in os.walk(tmp_path / "checkpoints" / "6"):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        evaluate.sample(config, str(tmp_path))
+    assert f"of checkpoint step 3 ({tmp_path}/checkpoints/3)" in caplog.records[-1].getMessage()
 
 
 def test_sample_without_checkpoint_raises(tmp_path):
@@ -106,6 +118,16 @@ def test_bad_config_is_refused_naming_the_field(field, value, message):
     config[section][name] = value
     with pytest.raises(ValueError, match=message):
         config_lib.resolve(config)
+
+
+@pytest.mark.parametrize("mode", ["train", "sample", "eval"])
+def test_an_invalid_config_creates_nothing(tmp_path, mode):
+    config = _tiny_config()
+    config.loss.q = "cauchy"
+    run = {"train": train.train, "sample": evaluate.sample, "eval": evaluate.evaluate}[mode]
+    with pytest.raises(config_lib.ConfigError, match="config.loss.q"):
+        run(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_student_t_df_at_most_two_is_refused():
