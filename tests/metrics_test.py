@@ -1,9 +1,11 @@
-"""Tests for nnd.metrics: energy distance and nearest-centre blob width.
+"""Tests for nnd.metrics: energy distance, nearest-centre blob width, precision and recall.
 
 References: a brute-force numpy double loop for the U-statistic energy distance,
 scipy.stats.energy_distance (a V-statistic square root, converted here), the
 closed-form energy distance between two shifted Gaussians, and hand-made point sets
-for nearest_centre.
+for nearest_centre; for precision and recall, hand-computed 1-D k-NN balls, a
+brute-force loop over the paper's definition, and the orderings that identical,
+collapsed, under- and over-dispersed samples must show.
 """
 
 import math
@@ -103,3 +105,77 @@ def test_nearest_centre_simple_cases():
     np.testing.assert_array_equal(idx, [0, 1, 2, 1, 2])
     expected = np.mean([0.01, 0.09, 0.04, 0.09, 0.64])
     assert width == pytest.approx(expected, rel=1e-12)
+
+
+# -- improved precision and recall ---------------------------------------------------
+
+
+def brute_precision_recall(real, fake, k):
+    """Kynkäänniemi et al. (2019) eqs. (1)-(2) by explicit loops over points."""
+    def radius(points, i):
+        others = sorted(np.linalg.norm(points[i] - points[j])
+                        for j in range(len(points)) if j != i)
+        return others[k - 1]
+
+    def inside(p, points):
+        return any(np.linalg.norm(p - points[j]) <= radius(points, j) for j in range(len(points)))
+
+    precision = np.mean([inside(g, real) for g in fake])
+    recall = np.mean([inside(r, fake) for r in real])
+    return precision, recall
+
+
+def test_knn_radii_hand_computed():
+    # 1-D points 0, 1, 3, 7: neighbours of 0 at 1, 3, 7; of 1 at 1, 2, 6; of 3 at 2, 3, 4;
+    # of 7 at 4, 6, 7.
+    x = np.array([[0.0], [1.0], [3.0], [7.0]])
+    np.testing.assert_allclose(metrics.knn_radii(x, k=1), [1, 1, 2, 4])
+    np.testing.assert_allclose(metrics.knn_radii(x, k=2), [3, 2, 3, 6])
+    np.testing.assert_allclose(metrics.knn_radii(x, k=3), [7, 6, 4, 7])
+    # a duplicate is a neighbour at distance 0
+    np.testing.assert_allclose(metrics.knn_radii(np.array([[0.0], [0.0], [2.0]]), k=1), [0, 0, 2])
+    with pytest.raises(ValueError):
+        metrics.knn_radii(x, k=4)
+
+
+def test_precision_recall_hand_computed():
+    # real 0, 1, 3, 7 with k = 1: balls [-1, 1], [0, 2], [1, 5], [3, 11].
+    # fake 0.5, 6, 12, -3 (k = 1 radii 3.5, 5.5, 6, 3.5): inside real: 0.5, 6 → precision 1/2;
+    # real points within a fake ball: 0 (by 0.5), 1, 3, 7 (by 6) → recall 1.
+    real = np.array([[0.0], [1.0], [3.0], [7.0]])
+    fake = np.array([[0.5], [6.0], [12.0], [-3.0]])
+    assert metrics.precision_recall(real, fake, k=1) == (0.5, 1.0)
+
+
+def test_precision_recall_matches_brute_force():
+    rng = np.random.default_rng(4)
+    real, fake = rng.normal(size=(40, 3)), 1.5 * rng.normal(size=(25, 3)) + 0.4
+    for k in (1, 3):
+        expected = brute_precision_recall(real, fake, k)
+        # chunk 7: several row blocks, the last one partial
+        got = metrics.precision_recall(real.reshape(40, 3, 1), fake, k=k, chunk=7)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def test_precision_recall_properties():
+    rng = np.random.default_rng(5)
+    real = rng.normal(size=(300, 4))
+    # identical sets: every point lies in its own ball
+    assert metrics.precision_recall(real, real) == (1.0, 1.0)
+    # collapsed generator: every sample at one real point → all precise, one real point covered
+    collapsed = np.repeat(real[:1], 300, axis=0)
+    assert metrics.precision_recall(real, collapsed) == (1.0, 1 / 300)
+    # fresh draws of the same law score high on both
+    precision, recall = metrics.precision_recall(real, rng.normal(size=(300, 4)))
+    assert precision > 0.8 and recall > 0.8
+    # under-dispersed (std 0.2): precise, low recall
+    precision, recall = metrics.precision_recall(real, 0.2 * rng.normal(size=(300, 4)))
+    assert precision > 0.95 and recall < 0.3
+    # over-dispersed (std 4): imprecise, full recall
+    precision, recall = metrics.precision_recall(real, 4.0 * rng.normal(size=(300, 4)))
+    assert precision < 0.3 and recall > 0.95
+
+
+def test_precision_recall_rejects_mismatched_dimensions():
+    with pytest.raises(ValueError):
+        metrics.precision_recall(np.zeros((5, 2)), np.zeros((5, 3)))
