@@ -19,6 +19,8 @@ plus what the loss module needs for closed forms and quadrature:
 ``cdf``, ``mean_abs_shift(u) = E|z + u|``, the support and the points where
 ``log_prob`` is not smooth.
 
+logistic draws invert its cdf at a uniform on the open interval (0, 1), made from one random
+word (:func:`_logistic_from_words`), so both tails are truncated alike, at probability 2^-24.
 student_t and gennorm sample exactly with a ziggurat (Marsaglia & Tsang 2000) built for
 their parameter: one random word per draw on the fast path, no per-element loop; see
 :class:`_Ziggurat`.
@@ -236,8 +238,13 @@ class Logistic(Law):
         return _SQRT3 / math.pi
 
     def sample(self, key, shape, dtype=jnp.float32):
-        z = jax.random.logistic(key, shape, _draw_dtype(dtype)) * self.scale
-        return z.astype(dtype)
+        # Inversion on the open interval from one random word per draw (_logistic_from_words),
+        # not jax.random.logistic: that maps u = 0 to finfo.tiny, an atom at z = -48.15 of
+        # probability 2^-23 in float32 (kurtosis 4.84 instead of 4.2).
+        work = _draw_dtype(dtype)
+        uint = jnp.uint64 if jnp.finfo(work).bits == 64 else jnp.uint32
+        z = _logistic_from_words(jax.random.bits(key, tuple(shape), uint), work)
+        return (z * jnp.asarray(self.scale, work)).astype(dtype)
 
     def log_prob(self, x):
         s = self.scale
@@ -258,6 +265,26 @@ class Logistic(Law):
         a = jnp.abs(u)
         # 2s·softplus(u/s) - u, written in |u| so it never overflows.
         return a + 2.0 * s * jax.nn.softplus(-a / s)
+
+
+def _logistic_from_words(words, dtype):
+    """Standard logistic draws (scale 1) from random words, by inversion on the open interval.
+
+    With n = nmant of ``dtype`` (23 for float32, 52 for float64), the top n bits m of a word
+    give v = (m + ½)·2^-(n+1) ∈ (0, ½), exact in ``dtype``, and its lowest bit a sign:
+
+    .. math::  z = \\pm \\log\\frac{1 - v}{v} = \\pm \\operatorname{log1p}\\Big(\\frac{1 - 2v}{v}\\Big),
+
+    i.e. z = log(u/(1 - u)) for u = v or 1 - v, where 1 - 2v is exact and log1p keeps the
+    digits near z = 0. u is the midpoint of one of 2^(n+1) equal cells of (0, 1), each drawn
+    with its own probability 2^-(n+1); it never reaches 0 or 1, so the two tails are
+    truncated alike, exactly mirrored, at |z| = log(2^(n+2) - 1) (17.33 in float32, 37.43
+    in float64), and no draw has more mass than the true law gives its cell.
+    """
+    n = jnp.finfo(dtype).nmant
+    v = 0.5 * _bits_uniform(words, n, dtype)
+    z = jnp.log1p((1.0 - 2.0 * v) / v)
+    return jnp.where((words & 1).astype(jnp.bool_), -z, z)
 
 
 def _check_real(name: str, param: str, value) -> float:
