@@ -3,8 +3,12 @@
 Flags and logging only; the work is in :mod:`nnd.train` and :mod:`nnd.evaluate`.
 """
 
+import glob
+import importlib.metadata
+import importlib.util
 import logging as py_logging
 import os
+import pkgutil
 import sys
 
 from absl import app, flags, logging
@@ -79,6 +83,56 @@ def initialize_distributed(env=None) -> bool:
     return True
 
 
+def tpu_present() -> bool:
+    """True if this host may have a TPU: ``/dev/accel*`` or ``/dev/vfio/<n>`` device files, or a
+    PCI device of Google's vendor id 0x1ae0 (what jax itself looks for)."""
+    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+        return True
+    for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        try:
+            with open(vendor) as f:
+                if f.read().strip() == "0x1ae0":
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def _accelerator_plugins() -> set[str]:
+    """Names of installed jax plugins (``jax_plugins`` modules and entry points), e.g. ``xla_cuda12``."""
+    names = set()
+    try:
+        import jax_plugins  # noqa: PLC0415
+
+        names |= {name for _, name, _ in pkgutil.iter_modules(jax_plugins.__path__)}
+    except ImportError:
+        pass
+    names |= {entry.name for entry in importlib.metadata.entry_points(group="jax_plugins")}
+    return names
+
+
+def skip_absent_tpu(env=None, *, present=tpu_present) -> str | None:
+    """Runs jax without its TPU backend where libtpu is installed but the host has no TPU.
+
+    Otherwise jax starts libtpu's runtime at every start-up, which prints five lines
+    (``E0000 ... unexpected worker hostname``, a ``TPU_ACCELERATOR_TYPE`` warning) before
+    failing quietly. Sets ``jax_platforms`` to ``cpu`` (``cuda,cpu`` with jax's CUDA
+    plugin installed), before any backend starts, unless ``JAX_PLATFORMS`` is set, libtpu
+    is absent, the host may have a TPU (:func:`tpu_present`: there nothing is hidden), or
+    other jax plugins are installed. ``--mode=compile`` still loads libtpu to describe its
+    slice (:mod:`nnd.aot`). Returns the platforms set, or None.
+    """
+    env = os.environ if env is None else env
+    if "JAX_PLATFORMS" in env or importlib.util.find_spec("libtpu") is None or present():
+        return None
+    plugins = _accelerator_plugins()
+    if any("cuda" not in name for name in plugins):
+        return None
+    platforms = "cuda,cpu" if plugins else "cpu"
+    jax.config.update("jax_platforms", platforms)
+    return platforms
+
+
 class _QuietLibraries(py_logging.Filter):
     """Drops INFO lines of orbax (about 40 per checkpoint), asyncio and jax's backend probing
     (e.g. "Unable to initialize backend 'tpu'" where libtpu is installed on a CPU host)
@@ -109,6 +163,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # before anything starts jax's backends (their probing logs at INFO)
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    skip_absent_tpu()
     initialize_distributed()
     if FLAGS.verbosity < 1:  # the user did not ask for more than INFO
         if jax.process_index() == 0:

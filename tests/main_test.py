@@ -97,3 +97,51 @@ def test_orbax_tracebacks_of_a_full_disk_and_closed_event_loops_are_hidden():
     real = types.SimpleNamespace(exc_value=RuntimeError("real"))
     main._quiet_closed_loop(real, previous=seen.append)
     assert seen == [real]
+
+
+@pytest.mark.parametrize("env, libtpu, present, plugins, expected", [
+    ({}, True, False, set(), "cpu"),  # libtpu on a CPU host: the TPU runtime is not started
+    ({}, True, False, {"xla_cuda12"}, "cuda,cpu"),
+    ({}, True, True, set(), None),  # a TPU host: nothing hidden
+    ({}, False, False, set(), None),  # no libtpu, no noise
+    ({"JAX_PLATFORMS": ""}, True, False, set(), None),  # the user's choice stands
+    ({}, True, False, {"rocm"}, None),  # another plugin: leave jax's own choice
+])
+def test_the_tpu_runtime_is_skipped_only_where_libtpu_is_installed_and_no_tpu_is_present(
+        monkeypatch, env, libtpu, present, plugins, expected):
+    import importlib.util
+
+    import jax
+
+    from nnd import main
+
+    updates = []
+    monkeypatch.setattr(jax.config, "update", lambda name, value: updates.append((name, value)))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
+        (object() if libtpu else None) if name == "libtpu" else real_find_spec(name, *a)))
+    monkeypatch.setattr(main, "_accelerator_plugins", lambda: plugins)
+    assert main.skip_absent_tpu(env, present=lambda: present) == expected
+    assert updates == ([("jax_platforms", expected)] if expected else [])
+
+
+def _libtpu_without_tpu():
+    import importlib.util
+
+    from nnd import main
+
+    return importlib.util.find_spec("libtpu") is not None and not main.tpu_present()
+
+
+@pytest.mark.slow  # a subprocess that loads libtpu (CI installs requirements-tpu.txt)
+@pytest.mark.skipif(not _libtpu_without_tpu(), reason="needs libtpu installed on a host without TPU")
+def test_a_config_error_on_a_host_without_tpu_prints_no_libtpu_noise(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    result = subprocess.run(
+        [sys.executable, "-m", "nnd.main", "--config=configs/toy_gaussian.py",
+         f"--workdir={tmp_path / 'w'}", "--config.loss.q=cauchy"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and "] devices: [CpuDevice(id=0)]" in lines[0], result.stderr
+    assert lines[1].startswith("nnd: config.loss.q: unknown increment law 'cauchy'")
