@@ -23,7 +23,18 @@ The classifier trains on dequantised training digits (fresh u each step) so that
 features see continuous images like the samples, and reports its accuracy on the test
 split dequantised at the bin centres (u = 1/2).
 
-Sanity figures (seed 0, 359 held-out digits as reference; tests/digit_features_test.py)::
+Sanity figures (:func:`sanity_sets`, 359 images each against the 359 held-out digits;
+classifier of seed 0, held-out accuracy 0.992, 0.8 s of training after a few seconds
+of compiling)::
+
+    set                         FD   precision  recall  energy distance
+    training digits            2.5       0.93     0.91          -0.005
+    digits + N(0, 0.5²)        8.4       0.40     0.99           0.21
+    class means + N(0, 0.05²) 19.6       1.00     0.00           0.30
+    uniform noise              459       0.00     0.00           3.46
+
+FD of two finite sets carries a bias (2-4 between training and held-out digits over
+seeds, at 359 vs 359): compare FDs at equal sample counts. Reproduce with::
 
     python -m nnd.experiments.digit_features
 """
@@ -170,7 +181,7 @@ def fit_classifier(seed: int = 0, *, hidden: Sequence[int] = (128, 64), steps: i
 
 
 def features(classifier: Classifier, images) -> np.ndarray:
-    """Penultimate-layer features [N, hidden[-1]] of images in data space [N, 8, 8, 1] or [N, 64]."""
+    """Penultimate features [N, hidden[-1]] of images in data space [N, 8, 8, 1] or [N, 64]."""
     x_NxD = _flat(images)
     if x_NxD.shape[1] != int(np.prod(_SPEC.shape)):
         raise ValueError(f"digits are {_SPEC.shape} images, got shape {np.shape(images)}")
