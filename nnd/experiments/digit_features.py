@@ -8,7 +8,8 @@ Its penultimate layer (after the activation) is the feature space.
 :func:`sample_quality` reports, for digit samples in nnd's data space against held-out
 digits:
 
-- ``fd``: the Fréchet distance between Gaussians fitted to the two sets' features
+- ``fd``: the squared Fréchet distance d² (as FID reports it) between Gaussians fitted to
+  the two sets' features
   (:func:`nnd.fid.frechet_distance`; "FID" with this classifier in place of Inception);
 - ``precision`` / ``recall``: improved precision and recall in the same features
   (:func:`nnd.metrics.precision_recall`, Kynkäänniemi et al. 2019, k = 3), on sets of
