@@ -1,4 +1,4 @@
-"""Likelihoods: the PF-ODE log-density, bits/dim, and the eq. (5) walk sum (SPEC §5).
+"""Likelihoods: the PF-ODE log-density, bits/dim, the walk bound and the eq. (5) estimate.
 
 - :func:`log_prob`: instantaneous change of variables along the probability-flow
   ODE of eq. (6), ``h(x, t) = f(t) x - ½ g(t)² s(x, t)``:
@@ -13,12 +13,13 @@
   (a bin of width 2/L per level), ``bpd = -log₂ p(z)/D + log₂ L - 1``.
 - :func:`dataset_bpd`: every example of a split, once per repeat, in fixed-size
   jitted batches (the last one padded and masked), with standard errors.
-- :func:`walk_bound`: the discrete sum of eq. (5) for (q, p, K) with Gaussian
-  marginals: prior KL + Σ_k L_k + reconstruction, with and without the mismatch
-  penalty K·D·ℓ(0), on the sampler's scheme and grid. For q = p = gaussian each L_k
-  is the exact KL of the sampler's step against the true posterior, so the sum is a
-  true upper bound on -log p of that sampler; for other pairs it is an estimate, never
-  a likelihood (the true reverse kernel of a non-Gaussian walk is q tilted, not shifted).
+- :func:`walk_bound`: a true upper bound on -log p_θ(x_0) of the K-step reverse walk whose
+  kernels have law p (any p of full support), followed by a Gaussian decoder
+  N(x̂, (σ_0/α_0)²) around Tweedie's mean at t_eps: prior KL + Σ_k E_r[ℓ_{p,p}(u_k)] +
+  reconstruction, with the latents drawn along a chain r that steps down by the forward
+  posterior's mean (label ``bound``). :func:`is_bound` says for which laws it exists.
+- :func:`walk_estimate`: the paper's eq. (5) sum for (q, p, K) with Gaussian marginals, with
+  and without the mismatch penalty K·D·ℓ(0); for q ≠ p it bounds nothing (label ``estimate``).
 
 Precision: both run with float32 'highest' matmul and convolution precision
 (:func:`_highest_precision`), whatever the training dtype: TPU multiplies float32 by
@@ -39,7 +40,8 @@ from nnd import batching, data, increments, losses, ode, samplers, walks
 from nnd import processes as processes_lib
 
 __all__ = ["DIVERGENCES", "divergence_fn", "log_prob", "log_prob_with_stats", "bits_per_dim",
-           "dataset_bpd", "gaussian_step_kl", "is_bound", "walk_bound"]
+           "dataset_bpd", "gaussian_step_kl", "is_bound", "kernel_gap", "posterior_kernel",
+           "reverse_kernel", "walk_bound", "walk_estimate"]
 
 #: Divergence estimators of :func:`log_prob`.
 DIVERGENCES = ("auto", "exact", "rademacher", "gaussian")
@@ -237,113 +239,290 @@ def dataset_bpd(log_prob_fn, images, num_levels: int, *, batch_size: int, key,
 
 
 def is_bound(q: increments.Law | str, p: increments.Law | str) -> bool:
-    """Whether :func:`walk_bound` for (q, p) is a true bound (q = p = gaussian), not an estimate."""
-    return all(isinstance(increments.parse(law), increments.Gaussian) for law in (q, p))
+    """Whether :func:`walk_bound` for (q, p) returns a true bound: p has a density of full support.
+
+    The bound is that of the walk whose reverse kernels have law p, whatever law q trained
+    the network; for p of bounded support (uniform) or without a density (rademacher)
+    there is no bound of this kind and :func:`walk_bound` raises.
+    """
+    increments.parse(q)
+    p = increments.parse(p)
+    return bool(p.has_density and tuple(p.support) == (-math.inf, math.inf))
+
+
+def _bound_law(p: increments.Law | str) -> increments.Law:
+    p = increments.parse(p)
+    if not is_bound(p, p):
+        raise ValueError(f"no walk bound for p={p}: a law of bounded support makes the KL between "
+                         "shifted kernels infinite; use a full-support p such as gaussian, laplace, "
+                         "logistic or student_t")
+    return p
+
+
+def posterior_kernel(process: processes_lib.Process, x0: jax.Array, x: jax.Array, t, s):
+    r"""Mean and standard deviation of the forward posterior q(x_s | x_t, x_0), s < t scalars.
+
+    .. math::  \tilde\mu = \frac{\alpha_s}{\alpha_t}(1 - r)\, x_t + \alpha_s r\, x_0, \qquad
+               \tilde\sigma = \sigma_s\sqrt{r}, \qquad r = -\mathrm{expm1}(\lambda_t - \lambda_s).
+    """
+    r = -jnp.expm1(process.log_snr(t) - process.log_snr(s))
+    alpha_t, alpha_s = process.alpha(t), process.alpha(s)
+    mean = ((alpha_s / alpha_t) * (1.0 - r)).astype(x.dtype) * x + (alpha_s * r).astype(x.dtype) * x0
+    return mean, process.sigma(s) * jnp.sqrt(r)
+
+
+def reverse_kernel(process: processes_lib.Process, scheme: str, x: jax.Array,
+                   eps_pred: jax.Array, t, s):
+    r"""Mean μ_θ and scale b of the model's reverse step from t down to s < t (scalars).
+
+    The step of :func:`nnd.walks.reverse_update` is x_s = μ_θ + b z, z standardised of any law:
+
+    - ``euler``: :math:`\mu_\theta = x_t - [f x_t - g^2 s_\theta](t - s)`,
+      :math:`b = g(t)\sqrt{t - s}`, with :math:`s_\theta = -\varepsilon_\theta/\sigma_t`;
+    - ``ancestral``: :math:`\mu_\theta = \frac{\alpha_s}{\alpha_t}(1 - r) x_t + \alpha_s r \hat x_0`,
+      :math:`\hat x_0 = (x_t - \sigma_t\varepsilon_\theta)/\alpha_t`, :math:`b = \sigma_s\sqrt r`;
+    - ``analytic``: the same mean, :math:`b^2 = \sigma_s^2 r + (\alpha_s r)^2 v` with v the
+      batch's estimate of Var[x_0 | x_t] (:func:`nnd.walks.posterior_x0_variance`).
+
+    Returns:
+      (μ_θ shaped like x, b a scalar).
+    """
+    zero = jnp.zeros_like(x)
+    if scheme == "euler":
+        mean = walks.reverse_step(process, x, -eps_pred / process.sigma(t).astype(x.dtype), zero,
+                                  t, t - s)
+        return mean, process.g(t) * jnp.sqrt(t - s)
+    if scheme not in walks.SCHEMES:
+        raise ValueError(f"unknown reverse scheme {scheme!r}; choose one of {walks.SCHEMES}")
+    mean = walks.ancestral_step(process, x, eps_pred, zero, t, s)
+    r = -jnp.expm1(process.log_snr(t) - process.log_snr(s))
+    variance = process.sigma2(s) * r
+    if scheme == "analytic":
+        v = walks.posterior_x0_variance(process, eps_pred, t)
+        variance = variance + jnp.square(process.alpha(s) * r) * v
+    return mean, jnp.sqrt(variance)
+
+
+def kernel_gap(process: processes_lib.Process, scheme: str, x0: jax.Array, x: jax.Array,
+               eps_pred: jax.Array, t, s) -> jax.Array:
+    r"""μ̃ − μ_θ: the posterior mean minus the model's step mean (:func:`posterior_kernel`,
+    :func:`reverse_kernel`).
+
+    For ``ancestral`` and ``analytic`` it is written without cancellation,
+
+    .. math::  \tilde\mu - \mu_\theta = \frac{\alpha_s r \sigma_t}{\alpha_t}
+               (\varepsilon_\theta - \hat\varepsilon), \qquad
+               \hat\varepsilon = \frac{x_t - \alpha_t x_0}{\sigma_t};
+
+    for ``euler`` it is the difference of the two means.
+    """
+    if scheme == "euler":
+        return posterior_kernel(process, x0, x, t, s)[0] - reverse_kernel(
+            process, scheme, x, eps_pred, t, s)[0]
+    if scheme not in walks.SCHEMES:
+        raise ValueError(f"unknown reverse scheme {scheme!r}; choose one of {walks.SCHEMES}")
+    alpha_t, sigma_t = process.alpha(t), process.sigma(t)
+    r = -jnp.expm1(process.log_snr(t) - process.log_snr(s))
+    eps_hat = (x - alpha_t.astype(x.dtype) * x0) / sigma_t.astype(x.dtype)
+    return (process.alpha(s) * r * sigma_t / alpha_t).astype(x.dtype) * (eps_pred - eps_hat)
 
 
 def gaussian_step_kl(process: processes_lib.Process, scheme: str, x0: jax.Array, x: jax.Array,
                      eps: jax.Array, eps_pred: jax.Array, t, s) -> jax.Array:
-    r"""KL(q(x_s | x_t, x_0) ‖ p_θ(x_s | x_t)) per example, for a Gaussian model step (SPEC §5).
+    r"""KL(q(x_s | x_t, x_0) ‖ p_θ(x_s | x_t)) per example, for a Gaussian model step.
 
-    q is the forward process's Gaussian posterior, N(μ̃, σ_s² r) with r = -expm1(λ_t - λ_s);
-    p_θ is the reverse step of ``scheme`` with Gaussian noise (:func:`nnd.walks.reverse_update`).
-    For ``ancestral`` the two share their variance and
+    q is the forward process's Gaussian posterior N(μ̃, σ_s² r) with r = -expm1(λ_t - λ_s)
+    (:func:`posterior_kernel`); p_θ is the reverse step of ``scheme`` with Gaussian noise,
+    N(μ_θ, b²) (:func:`reverse_kernel`). For ``ancestral`` the two share their variance and
 
     .. math::  \mathrm{KL} = \tfrac12\, \mathrm{expm1}(\lambda_s - \lambda_t)\,
-               \|\varepsilon_\theta - \varepsilon\|^2;
+               \|\varepsilon_\theta - \varepsilon\|^2,
 
-    for ``euler`` (mean x_t - [f x_t - g² s_θ]Δt, variance g²Δt) and ``analytic`` the
-    variances differ and the KL is ½ Σ_i [(μ̃ - μ_θ)²/v_θ + ρ - 1 - log ρ], ρ = σ_s² r / v_θ.
-    ``t`` > ``s`` are scalars; x = α_t x_0 + σ_t ε.
+    with ε = (x_t - α_t x_0)/σ_t; for ``euler`` and ``analytic`` the variances differ and the
+    KL is ½ Σ_i [(μ̃ - μ_θ)²/b² + ρ - 1 - log ρ], ρ = σ_s² r / b². ``t`` > ``s`` are scalars.
     """
-    lam_t, lam_s = process.log_snr(t), process.log_snr(s)
     if scheme == "ancestral":
+        lam_t, lam_s = process.log_snr(t), process.log_snr(s)
         return 0.5 * jnp.expm1(lam_s - lam_t) * _sum_per_example(jnp.square(eps_pred - eps))
-    r = -jnp.expm1(lam_t - lam_s)
-    alpha_t, alpha_s = process.alpha(t), process.alpha(s)
-    var_q = process.sigma2(s) * r
-    mean_q = (alpha_s / alpha_t) * (1.0 - r) * x + alpha_s * r * x0
-    zero = jnp.zeros_like(x)
-    if scheme == "euler":
-        score = -eps_pred / process.sigma(t)
-        mean_p = walks.reverse_step(process, x, score, zero, t, t - s)
-        var_p = process.g2(t) * (t - s)
-    elif scheme == "analytic":
-        mean_p = walks.ancestral_step(process, x, eps_pred, zero, t, s)
-        var_p = var_q + jnp.square(alpha_s * r) * walks.posterior_x0_variance(process, eps_pred, t)
-    else:
-        raise ValueError(f"unknown reverse scheme {scheme!r}; choose one of {walks.SCHEMES}")
+    _, std_q = posterior_kernel(process, x0, x, t, s)
+    _, std_p = reverse_kernel(process, scheme, x, eps_pred, t, s)
+    var_q, var_p = jnp.square(std_q), jnp.square(std_p)
     rho_minus_1 = (var_q - var_p) / var_p
     variance_term = rho_minus_1 - jnp.log1p(rho_minus_1)  # ρ - 1 - log ρ ≥ 0, exact near ρ = 1
+    gap = kernel_gap(process, scheme, x0, x, eps_pred, t, s)
     dim = math.prod(x.shape[1:])
-    return 0.5 * (_sum_per_example(jnp.square(mean_q - mean_p)) / var_p + dim * variance_term)
+    return 0.5 * (_sum_per_example(jnp.square(gap)) / var_p + dim * variance_term)
+
+
+def _as_float(x0) -> jax.Array:
+    x0 = jnp.asarray(x0)
+    return x0 if jnp.issubdtype(x0.dtype, jnp.floating) else x0.astype(jnp.float32)
+
+
+def _prior_kl(process: processes_lib.Process, x0: jax.Array) -> jax.Array:
+    """KL(N(α_1 x_0, σ_1² I) ‖ N(0, s² I)) per example, s the prior's standard deviation."""
+    one = jnp.ones((x0.shape[0],), jnp.float32)
+    alpha1, sigma2_1 = processes_lib.per_example(process.alpha(one), x0), processes_lib.per_example(
+        process.sigma2(one), x0)
+    s2 = process.prior_std() ** 2
+    return 0.5 * _sum_per_example(
+        (jnp.square(alpha1 * x0) + sigma2_1) / s2 - 1.0 - jnp.log(sigma2_1 / s2))
+
+
+def _decoder_nll(process: processes_lib.Process, eps_fn, x0: jax.Array, x: jax.Array, t0) -> jax.Array:
+    r"""-log N(x_0; x̂, (σ_0/α_0)² I) per example, x̂ = (x - σ_0 ε_θ(x, t_0))/α_0 (Tweedie's mean).
+
+    .. math::  \tfrac{D}{2}\log\frac{2\pi\sigma_0^2}{\alpha_0^2}
+               + \tfrac12\|\varepsilon_\theta(x, t_0) - \hat\varepsilon\|^2, \qquad
+               \hat\varepsilon = \frac{x - \alpha_0 x_0}{\sigma_0}.
+    """
+    dim = math.prod(x0.shape[1:])
+    t_B = jnp.full((x0.shape[0],), t0, jnp.float32)
+    eps_hat = (x - process.alpha(t0).astype(x.dtype) * x0) / process.sigma(t0).astype(x.dtype)
+    log_ratio = process.log_sigma2(t0) - 2.0 * process.log_alpha(t0)
+    return (0.5 * dim * (math.log(2.0 * math.pi) + log_ratio)
+            + 0.5 * _sum_per_example(jnp.square(eps_fn(x, t_B).astype(x.dtype) - eps_hat)))
+
+
+def _check_scheme(num_steps, scheme: str) -> int:
+    if scheme not in walks.SCHEMES:
+        raise ValueError(f"unknown reverse scheme {scheme!r}; choose one of {walks.SCHEMES}")
+    return processes_lib.check_num_steps(num_steps)
 
 
 @_highest_precision
 def walk_bound(process: processes_lib.Process, eps_fn: processes_lib.EpsFn, x0: jax.Array,
-               key: jax.Array, *, q: increments.Law, p: increments.Law, num_steps: int,
+               key: jax.Array, *, q: increments.Law | str, p: increments.Law | str, num_steps: int,
                scheme: str = walks.DEFAULT_SCHEME,
                grid: str = processes_lib.DEFAULT_GRID) -> dict:
-    """The eq. (5) sum for (q, p, K) per example, in nats, on the sampler's scheme and grid.
+    r"""A true upper bound on -log p_θ(x_0), in nats per example, for every p of full support.
 
-    .. math::  \\mathrm{KL}(N(\\alpha_1 x_0, \\sigma_1^2) \\,\\|\\, \\text{prior})
-               + \\sum_{k=0}^{K-1} L_k + \\Big[\\tfrac{D}{2}\\log\\tfrac{2\\pi\\sigma_0^2}{\\alpha_0^2}
-               + \\tfrac12\\|\\varepsilon - \\varepsilon_\\theta\\|^2\\Big],
+    **What is bounded.** The model is the K-step reverse walk with law-p kernels on ``grid``
+    followed by a Gaussian decoder:
 
-    one ε per step and example, x_t = α_t x_0 + σ_t ε, steps from t = t_{k+1} to
-    s = t_k of ``grid`` (:func:`nnd.processes.sampling_grid`); the reconstruction is
-    -log N(x_0; x̂, σ_0²/α_0²) with the Tweedie mean x̂ at t_0 = t_eps.
+    .. math::  x_{t_K} \sim \text{prior}, \qquad
+               p_\theta(x_{t_k} \mid x_{t_{k+1}}) = \prod_i \tfrac1{b_k}\,
+               f_p\Big(\frac{x_{t_k,i} - \mu_\theta(x_{t_{k+1}})_i}{b_k}\Big), \qquad
+               p_\theta(x_0 \mid x_{t_0}) = N\big(x_0;\ \hat x(x_{t_0}),\ (\sigma_0/\alpha_0)^2 I\big),
 
-    - q = p = gaussian: L_k is the exact KL of the sampler's Gaussian step of
-      ``scheme`` against the true posterior q(x_s | x_t, x_0) (:func:`gaussian_step_kl`),
-      so the sum is a true upper bound on -log p of that K-step sampler.
-    - any other pair: an estimate, not a bound, L_k = Σ_i ℓ_{q,p}(c_k(ε_θ - ε)) with
-      the scheme's own scale c_k (:func:`nnd.losses.scheme_scale`): the true reverse
-      kernel of a non-Gaussian walk given x_0 is q tilted, not shifted.
+    μ_θ and b_k the mean and scale of ``scheme``'s step (:func:`reverse_kernel`), x̂ Tweedie's
+    mean at t_0 = t_eps. Its samples are the output of
+    ``walks.reverse(..., law=p, scheme, grid, denoise=True)`` (which ends with the
+    noise-free Tweedie step x̂) plus N(0, (σ_0/α_0)² I) noise; p_θ(x_0) is their density.
+    The law q that trained the network plays no part: the bound describes the law-p walk.
+
+    **The bound.** For any chain r(x_{t_0:t_K} | x_0),
+    log p_θ(x_0) ≥ E_r[log p_θ(x_0, x_{t_0:t_K}) - log r], and with
+    r(x_{t_K} | x_0) = N(α_1 x_0, σ_1² I) and law-p steps of the forward posterior's mean μ̃
+    (:func:`posterior_kernel`) and scale b_k it reads
+
+    .. math::  -\log p_\theta(x_0) \le \mathrm{KL}(N(\alpha_1 x_0, \sigma_1^2) \,\|\, \text{prior})
+               + \sum_{k=0}^{K-1} \mathbb{E}_r\Big[\sum_i \ell_{p,p}\Big(
+                 \frac{\tilde\mu_i - \mu_{\theta,i}}{b_k}\Big)\Big]
+               + \mathbb{E}_r\big[-\log p_\theta(x_0 \mid x_{t_0})\big],
+
+    ℓ_{p,p}(u) = KL(p(· - u) ‖ p) (:func:`nnd.losses.shift_kl`). x_{t_k} is drawn along r
+    (one network call per step and example, as in sampling), not from Gaussian marginals.
+
+    For p = gaussian the chain's steps take the posterior's own variance σ_s² r instead
+    (r is then the forward process itself, x_{t_k} ~ N(α x_0, σ²) exactly), so each term is
+    the exact Gaussian KL of :func:`gaussian_step_kl` and the sum equals, in expectation, the
+    Gaussian-marginal sum of earlier versions. For ``ancestral`` both choices coincide
+    (b_k = σ_s√r); for ``euler`` and ``analytic`` this r keeps x_t on the data's noised
+    marginals, where the network was trained. For ``analytic`` b_k is estimated from the
+    batch's ε_θ along r.
+
+    Raises:
+      ValueError: p of bounded support (uniform) or without a density (rademacher): there is
+        no bound of this kind (:func:`is_bound`); an unknown scheme or a bad K.
 
     Returns:
-      dict of [B] arrays: ``prior_kl``, ``steps`` (Σ_k L_k; for the estimate without
-      the K·D·ℓ(0) penalty), ``reconstruction``, ``total`` and ``total_with_penalty``
-      (adds K·D·ℓ(0)), plus the scalar ``penalty``.
+      dict of [B] arrays: ``prior_kl``, ``steps`` (the sum over k), ``reconstruction`` (the
+      decoder's expected -log density) and ``total`` (their sum, the bound).
     """
-    num_steps = processes_lib.check_num_steps(num_steps)
-    if scheme not in walks.SCHEMES:
-        raise ValueError(f"unknown reverse scheme {scheme!r}; choose one of {walks.SCHEMES}")
-    exact = is_bound(q, p)
-    x0 = jnp.asarray(x0, jnp.float32)
-    batch, dim = x0.shape[0], math.prod(x0.shape[1:])
+    num_steps = _check_scheme(num_steps, scheme)
+    p = _bound_law(p)
+    gaussian = isinstance(p, increments.Gaussian)
+    x0 = _as_float(x0)
+    dtype, batch = x0.dtype, x0.shape[0]
     t_grid = processes_lib.sampling_grid(process, num_steps, grid)
-    shape = (-1,) + (1,) * (x0.ndim - 1)
+    key_prior, key_steps = jax.random.split(key)
+    x_start = process.marginal(x0, jax.random.normal(key_prior, x0.shape, dtype),
+                               jnp.ones((batch,), jnp.float32)).astype(dtype)
+
+    def step(carry, inputs):
+        x, total = carry
+        k, t, s = inputs
+        eps_pred = eps_fn(x, jnp.full((batch,), t, jnp.float32)).astype(dtype)
+        mean_q, std_q = posterior_kernel(process, x0, x, t, s)
+        key_k = jax.random.fold_in(key_steps, k)
+        if gaussian:
+            eps_hat = (x - process.alpha(t).astype(dtype) * x0) / process.sigma(t).astype(dtype)
+            kl = gaussian_step_kl(process, scheme, x0, x, eps_hat, eps_pred, t, s)
+            x_next = mean_q + std_q.astype(dtype) * jax.random.normal(key_k, x.shape, dtype)
+        else:
+            _, scale = reverse_kernel(process, scheme, x, eps_pred, t, s)
+            u = kernel_gap(process, scheme, x0, x, eps_pred, t, s) / scale.astype(dtype)
+            kl = _sum_per_example(losses.shift_kl(p, p, u))
+            x_next = mean_q + scale.astype(dtype) * p.sample(key_k, x.shape, dtype)
+        return (x_next.astype(dtype), total + kl.astype(dtype)), None
+
+    inputs = (jnp.arange(num_steps), t_grid[1:], t_grid[:-1])
+    (x_first, steps), _ = jax.lax.scan(step, (x_start, jnp.zeros((batch,), dtype)), inputs,
+                                       reverse=True)
+    reconstruction = _decoder_nll(process, eps_fn, x0, x_first, t_grid[0]).astype(dtype)
+    prior_kl = _prior_kl(process, x0).astype(dtype)
+    return {"prior_kl": prior_kl, "steps": steps, "reconstruction": reconstruction,
+            "total": prior_kl + steps + reconstruction}
+
+
+@_highest_precision
+def walk_estimate(process: processes_lib.Process, eps_fn: processes_lib.EpsFn, x0: jax.Array,
+                  key: jax.Array, *, q: increments.Law | str, p: increments.Law | str,
+                  num_steps: int, scheme: str = walks.DEFAULT_SCHEME,
+                  grid: str = processes_lib.DEFAULT_GRID) -> dict:
+    r"""The paper's eq. (5) sum for (q, p, K) per example, in nats: an estimate, not a bound.
+
+    .. math::  \mathrm{KL}(N(\alpha_1 x_0, \sigma_1^2) \,\|\, \text{prior})
+               + \sum_{k=0}^{K-1} \sum_i \ell_{q,p}\big(c_k(\varepsilon_\theta - \varepsilon)_i\big)
+               + \Big[\tfrac{D}{2}\log\tfrac{2\pi\sigma_0^2}{\alpha_0^2}
+               + \tfrac12\|\varepsilon - \varepsilon_\theta\|^2\Big],
+
+    one ε per step and example, x_t = α_t x_0 + σ_t ε from the Gaussian marginal, steps from
+    t = t_{k+1} to s = t_k of ``grid``, c_k the scheme's scale (:func:`nnd.losses.scheme_scale`).
+    For q ≠ p it bounds nothing (the true reverse kernel of a non-Gaussian walk given x_0 is
+    q tilted, not shifted); it is what the training objective sums. For a true bound of the
+    law-p walk use :func:`walk_bound`.
+
+    Returns:
+      dict of [B] arrays: ``prior_kl``, ``steps`` (Σ_k L_k without the K·D·ℓ_{q,p}(0)
+      penalty), ``reconstruction``, ``total`` and ``total_with_penalty`` (adds K·D·ℓ(0)),
+      plus the scalar ``penalty``.
+    """
+    num_steps = _check_scheme(num_steps, scheme)
+    x0 = _as_float(x0)
+    dtype, batch, dim = x0.dtype, x0.shape[0], math.prod(x0.shape[1:])
+    t_grid = processes_lib.sampling_grid(process, num_steps, grid)
+    ell_0 = losses.penalty(q, p, dtype)
 
     def noised(t, k):
-        eps = jax.random.normal(jax.random.fold_in(key, k), x0.shape, x0.dtype)
-        t_B = jnp.full((batch,), t, jnp.float32)
-        return eps, process.marginal(x0, eps, t_B), t_B
+        eps = jax.random.normal(jax.random.fold_in(key, k), x0.shape, dtype)
+        return eps, process.marginal(x0, eps, jnp.full((batch,), t, jnp.float32))
 
-    def step(total, k):
-        t, s = t_grid[k + 1], t_grid[k]
-        eps, x, t_B = noised(t, k)
-        eps_pred = eps_fn(x, t_B)
-        if exact:
-            return total + gaussian_step_kl(process, scheme, x0, x, eps, eps_pred, t, s), None
-        c = losses.scheme_scale(process, scheme, t, s)
-        ell = losses.shift_kl(q, p, c * (eps_pred - eps)) - losses.penalty(q, p)
-        return total + _sum_per_example(ell), None
+    def step(total, inputs):
+        k, t, s = inputs
+        eps, x = noised(t, k)
+        eps_pred = eps_fn(x, jnp.full((batch,), t, jnp.float32)).astype(dtype)
+        c = losses.scheme_scale(process, scheme, t, s).astype(dtype)
+        ell = losses.shift_kl(q, p, c * (eps_pred - eps)) - ell_0
+        return total + _sum_per_example(ell).astype(dtype), None
 
-    steps, _ = jax.lax.scan(step, jnp.zeros((batch,), jnp.float32), jnp.arange(num_steps))
-
-    t0 = t_grid[0]
-    eps, x, t_B = noised(t0, num_steps)
-    log_ratio = process.log_sigma2(t0) - 2.0 * process.log_alpha(t0)
-    reconstruction = (0.5 * dim * (math.log(2.0 * math.pi) + log_ratio)
-                      + 0.5 * _sum_per_example(jnp.square(eps - eps_fn(x, t_B))))
-
-    one = jnp.ones((batch,), jnp.float32)
-    alpha1, sigma2_1 = process.alpha(one).reshape(shape), process.sigma2(one).reshape(shape)
-    s2 = process.prior_std() ** 2
-    prior_kl = 0.5 * _sum_per_example(
-        (jnp.square(alpha1 * x0) + sigma2_1) / s2 - 1.0 - jnp.log(sigma2_1 / s2))
-    penalty = num_steps * dim * losses.penalty(q, p)
+    inputs = (jnp.arange(num_steps), t_grid[1:], t_grid[:-1])
+    steps, _ = jax.lax.scan(step, jnp.zeros((batch,), dtype), inputs)
+    _, x = noised(t_grid[0], num_steps)
+    reconstruction = _decoder_nll(process, eps_fn, x0, x, t_grid[0]).astype(dtype)
+    prior_kl = _prior_kl(process, x0).astype(dtype)
+    penalty = num_steps * dim * ell_0
     total = prior_kl + steps + reconstruction
     return {"prior_kl": prior_kl, "steps": steps, "reconstruction": reconstruction,
             "total": total, "total_with_penalty": total + penalty, "penalty": penalty}
