@@ -113,9 +113,24 @@ def _draw_dtype(dtype):
 
 
 def _symmetric_mean_abs_shift(cdf: Callable, tail_moment: Callable, u):
-    """E|z + u| = |u|(2F(|u|) - 1) + 2 ∫_{|u|}^∞ z q(z) dz for symmetric q (SPEC §4)."""
-    a = jnp.abs(u)
-    return a * (2.0 * cdf(a) - 1.0) + 2.0 * tail_moment(a)
+    """E|z + u| = |u|(2F(|u|) - 1) + 2 ∫_{|u|}^∞ z q(z) dz for symmetric q.
+
+    Its derivative is d/du E|z + u| = E[sign(z + u)] = 2F(u) - 1, given as the JVP:
+    differentiating the formula instead multiplies |u| = 0 by the derivative of F
+    through betainc or gammainc, which is infinite at u = 0 (student_t, gennorm).
+    """
+
+    @jax.custom_jvp
+    def mean_abs(v):
+        a = jnp.abs(v)
+        return a * (2.0 * cdf(a) - 1.0) + 2.0 * tail_moment(a)
+
+    @mean_abs.defjvp
+    def _(primals, tangents):
+        (v,), (dv,) = primals, tangents
+        return mean_abs(v), (2.0 * cdf(v) - 1.0) * dv
+
+    return mean_abs(u)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -828,7 +843,12 @@ class GenNorm(Law):
         return (x * jnp.asarray(self.scale, work)).astype(dtype)
 
     def log_prob(self, x):
-        return self._log_norm() - (jnp.abs(jnp.asarray(x)) / self.scale) ** self.beta
+        # |y|^β is masked at y = 0 before the power: for β < 1 its derivative there is
+        # infinite, and the loss's quadrature can put a node exactly on the cusp. The
+        # gradient at the cusp is then 0, the symmetric subgradient.
+        y = jnp.abs(jnp.asarray(x)) / self.scale
+        positive = y > 0.0
+        return self._log_norm() - jnp.where(positive, jnp.where(positive, y, 1.0) ** self.beta, 0.0)
 
     def entropy(self):
         return jnp.asarray(1.0 / self.beta - self._log_norm())

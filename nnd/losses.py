@@ -192,22 +192,27 @@ def _quadrature_scalar(q: Law, p: Law, u):
     w = jnp.concatenate(ws)
     log_jac = jnp.concatenate(log_jacs)
 
-    # Each term is w·sign(d)·exp(log q + log|d| + log-Jacobian), d = log q - log p,
-    # summed in log space so far-tail terms of heavy-tailed q do not underflow.
-    # Terms that are non-finite (q has no mass there, or log p overflows) are
-    # dropped without letting inf/nan into the gradients.
+    # Each term is w · q · J · d, d = log q - log p, J the tail map's Jacobian. Nodes
+    # where q has no mass or log p overflows are masked BEFORE any arithmetic (moved to
+    # 0, a finite point of every law), so neither pass sees a non-finite value. Where
+    # |d| > 1 the term is summed in log space, exp(log q + log J + log|d|), so far-tail
+    # terms of a heavy-tailed q against a light-tailed p (q·J below the float range, d
+    # huge) do not underflow; where |d| ≤ 1, as at d = 0 (q = p in the far tail, or
+    # where the densities cross), d enters linearly and no log of it is taken.
     def log_terms(z_):
         log_q_ = q.log_prob(z_)
-        d_ = log_q_ - p.log_prob(z_ + u)
-        return log_q_, d_
+        return log_q_, log_q_ - p.log_prob(z_ + u)
 
     log_q0, d0 = jax.lax.stop_gradient(log_terms(z))
     keep = jnp.isfinite(log_q0) & jnp.isfinite(d0) & (log_q0 > _LOG_Q_FLOOR)
     log_q, d = log_terms(jnp.where(keep, z, 0.0))
-    d = jnp.where(keep, d, 1.0)
-    log_mag = log_q + jnp.log(jnp.abs(d)) + log_jac
-    terms = jnp.where(keep & (d != 0.0), w * jnp.sign(d) * jnp.exp(log_mag), 0.0)
-    return jnp.sum(terms)
+    log_mass = jnp.where(keep, log_q + log_jac, -jnp.inf)
+    large = jnp.abs(d) > 1.0
+    log_abs_d = jnp.log(jnp.where(large, jnp.abs(d), 1.0))
+    small_d = jnp.where(large, 0.0, d)
+    terms = jnp.where(large, jnp.sign(d) * jnp.exp(log_mass + log_abs_d),
+                      small_d * jnp.exp(log_mass))
+    return jnp.sum(jnp.where(keep, w * terms, 0.0))
 
 
 def shift_kl(q: Law | str, p: Law | str, u: jax.Array, method: str = "auto") -> jax.Array:
