@@ -3,7 +3,6 @@
 Flags and logging only; the work is in :mod:`nnd.train` and :mod:`nnd.evaluate`.
 """
 
-import glob
 import importlib.metadata
 import importlib.util
 import logging as py_logging
@@ -83,21 +82,6 @@ def initialize_distributed(env=None) -> bool:
     return True
 
 
-def tpu_present() -> bool:
-    """True if this host may have a TPU: ``/dev/accel*`` or ``/dev/vfio/<n>`` device files, or a
-    PCI device of Google's vendor id 0x1ae0 (what jax itself looks for)."""
-    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
-        return True
-    for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
-        try:
-            with open(vendor) as f:
-                if f.read().strip() == "0x1ae0":
-                    return True
-        except OSError:
-            continue
-    return False
-
-
 def _accelerator_plugins() -> set[str]:
     """Names of installed jax plugins (``jax_plugins`` modules and entry points), e.g. ``xla_cuda12``."""
     names = set()
@@ -111,14 +95,15 @@ def _accelerator_plugins() -> set[str]:
     return names
 
 
-def skip_absent_tpu(env=None, *, present=tpu_present) -> str | None:
+def skip_absent_tpu(env=None, *, present=aot.tpu_present) -> str | None:
     """Runs jax without its TPU backend where libtpu is installed but the host has no TPU.
 
     Otherwise jax starts libtpu's runtime at every start-up, which prints five lines
     (``E0000 ... unexpected worker hostname``, a ``TPU_ACCELERATOR_TYPE`` warning) before
     failing quietly. Sets ``jax_platforms`` to ``cpu`` (``cuda,cpu`` with jax's CUDA
     plugin installed), before any backend starts, unless ``JAX_PLATFORMS`` is set, libtpu
-    is absent, the host may have a TPU (:func:`tpu_present`: there nothing is hidden), or
+    is absent, the host may have a TPU (:func:`nnd.aot.tpu_present`: there nothing is hidden),
+    or
     other jax plugins are installed. ``--mode=compile`` still loads libtpu to describe its
     slice (:mod:`nnd.aot`). Returns the platforms set, or None.
     """

@@ -128,9 +128,9 @@ def test_the_tpu_runtime_is_skipped_only_where_libtpu_is_installed_and_no_tpu_is
 def _libtpu_without_tpu():
     import importlib.util
 
-    from nnd import main
+    from nnd import aot
 
-    return importlib.util.find_spec("libtpu") is not None and not main.tpu_present()
+    return importlib.util.find_spec("libtpu") is not None and not aot.tpu_present()
 
 
 @pytest.mark.slow  # a subprocess that loads libtpu (CI installs requirements-tpu.txt)
