@@ -1,4 +1,4 @@
-"""Exact scores of Gaussian-mixture data under any forward process (SPEC §6).
+"""Exact scores of Gaussian-mixture data under any forward process.
 
 If x_0 ~ Σ_j w_j N(μ_j, Σ_j) and x_t | x_0 ~ N(alpha x_0, sigma² I), then
 
@@ -6,13 +6,12 @@ If x_0 ~ Σ_j w_j N(μ_j, Σ_j) and x_t | x_0 ~ N(alpha x_0, sigma² I), then
            C_j = \\alpha^2\\Sigma_j + \\sigma^2 I,
 
 so log p_t and its score ∇ log p_t are exact (a logsumexp over components), and so
-is the posterior of the noise ε of x_t = alpha x_0 + sigma ε. They are the ground
-truth for samplers, likelihoods and learned scores: the exact ε-prediction
-E[ε | x_t] = -sigma ∇ log p_t is ``processes.eps_fn_from_score(process, gmm_score(...))``,
-and :func:`loss_minimiser` is what a perfect fit of a non-quadratic eq. (5) loss
-learns instead (SPEC §4 (ii)).
+is the posterior of the noise ε of x_t = alpha x_0 + sigma ε, component by component
+(:func:`gmm_components`). They are the ground truth for samplers, likelihoods and
+learned scores: the exact ε-prediction E[ε | x_t] = -sigma ∇ log p_t is
+``processes.eps_fn_from_score(process, gmm_score(...))``.
 
-``gmm8`` is the toy of SPEC §6: 8 equal weights, means (cos 2πj/8, sin 2πj/8),
+``gmm8`` is the toy data: 8 equal weights, means (cos 2πj/8, sin 2πj/8),
 covariance 0.1² I.
 """
 
@@ -20,23 +19,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnd import losses, processes
-from nnd.increments import Law
+from nnd import processes
 from nnd.processes import Process
 
-__all__ = ["GMM", "gmm8", "sample_gmm", "gmm_log_prob", "gmm_score", "posterior_eps",
-           "loss_minimiser", "HERMITE_NODES"]
+__all__ = ["GMM", "gmm8", "sample_gmm", "gmm_log_prob", "gmm_score", "Components",
+           "gmm_components"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
-
-#: Gauss–Hermite nodes per posterior component in :func:`loss_minimiser`.
-HERMITE_NODES = 48
 
 #: ``log_prob_fn(x [B, D], t [B]) -> [B]``.
 LogProbFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -89,7 +84,7 @@ def _as_gmm(weights, means, covs) -> GMM:
 
 
 def gmm8(std: float = 0.1) -> GMM:
-    """The 8 Gaussians on the unit circle of SPEC §6 (std 0.1 per coordinate)."""
+    """The 8 Gaussians on the unit circle (std 0.1 per coordinate): the toy data ``gmm8``."""
     angles = 2.0 * np.pi * np.arange(8) / 8
     means = np.stack([np.cos(angles), np.sin(angles)], axis=1)
     covs = np.tile((std**2) * np.eye(2), (8, 1, 1))
@@ -106,13 +101,40 @@ def sample_gmm(key: jax.Array, gmm: GMM, n: int, dtype=jnp.float32) -> jax.Array
     return jnp.asarray(gmm.means, dtype)[j] + jnp.einsum("nde,ne->nd", chol[j], z)
 
 
-def _component_terms(process: Process, gmm: GMM, x_BxD, t_B, *, posterior_var: bool = False):
-    """The per-component Gaussians of p_t, with C_j = α²Σ_j + σ²I.
+class Components(NamedTuple):
+    """The components of p_t at x (:func:`gmm_components`); J components, D coordinates."""
+
+    #: log w_j N(x; αμ_j, C_j) [B, J]: softmax over j gives the responsibilities r_j(x).
+    log_joint_BxJ: jax.Array
+    #: The component scores -C_j⁻¹(x - αμ_j) [B, J, D].
+    score_BxJxD: jax.Array
+    #: Var(ε_i | x_t = x, j) = diag(α²Σ_j C_j⁻¹) [B, J, D], or None when not asked for.
+    eps_var_BxJxD: jax.Array | None
+
+
+def gmm_components(process: Process, gmm: GMM, x_BxD: jax.Array, t_B: jax.Array, *,
+                   posterior_var: bool = False) -> Components:
+    """The components of p_t at x, and the posterior of the noise ε given each.
+
+    x_t = αx_0 + σε with x_0 from component j is N(αμ_j, C_j), C_j = α²Σ_j + σ²I, and
+    ε given x_t = x and j is Gaussian (Gaussian conditioning, Cov(ε, x_t | j) = σI):
+
+    .. math::  r_j \\propto w_j N(x; \\alpha\\mu_j, C_j), \\quad
+               \\mathbb{E}[\\varepsilon \\mid x, j] = \\sigma C_j^{-1}(x - \\alpha\\mu_j)
+               = -\\sigma\\, s_j(x), \\quad
+               \\operatorname{Var}(\\varepsilon_i \\mid x, j) = (\\alpha^2\\Sigma_j C_j^{-1})_{ii},
+
+    with s_j the component score, so Σ_j r_j E[ε | x, j] = E[ε | x_t] = -σ ∇ log p_t. The
+    variance is computed as α²(Σ_j C_j⁻¹)_ii, not 1 - σ²(C_j⁻¹)_ii, which cancels in float32
+    where α is small.
+
+    Args:
+      gmm: the mixture (:class:`GMM`); x_BxD: points [B, D]; t_B: their times [B].
+      posterior_var: also return Var(ε_i | x, j) (a D×D solve per component otherwise
+        skipped).
 
     Returns:
-      (log w_j N(x; αμ_j, C_j) [B, J], the component scores -C_j⁻¹(x - αμ_j) [B, J, D],
-      and, if ``posterior_var``, Var(ε_i | x_t = x, j) = diag(α²Σ_j C_j⁻¹) [B, J, D],
-      else None).
+      :class:`Components` (``eps_var_BxJxD`` None unless ``posterior_var``).
     """
     dtype = x_BxD.dtype
     alpha_B = process.alpha(t_B).astype(dtype)
@@ -146,7 +168,7 @@ def _component_terms(process: Process, gmm: GMM, x_BxD, t_B, *, posterior_var: b
             inv_cov = jax.scipy.linalg.cho_solve(
                 (chol, True), jnp.broadcast_to(cov_JxDxD, cov_BxJxDxD.shape))
             post_var_BxJxD = a2_B[:, None, None] * jnp.diagonal(inv_cov, axis1=-2, axis2=-1)
-    return log_w_J[None] + log_n_BxJ, score_BxJxD, post_var_BxJxD
+    return Components(log_w_J[None] + log_n_BxJ, score_BxJxD, post_var_BxJxD)
 
 
 #: Up to this many components × coordinates the shared-covariance path is written per
@@ -206,7 +228,7 @@ def _log_prob_fn(process: Process, gmm: GMM, shared: bool) -> LogProbFn:
             if gmm.means.size <= _ROWS_MAX:
                 return _softmax_rows(logits_BxJ)[1] + log_norm_B
             return jax.nn.logsumexp(logits_BxJ, axis=-1) + log_norm_B
-        log_joint_BxJ, _, _ = _component_terms(process, gmm, x_BxD, t_B)
+        log_joint_BxJ, _, _ = gmm_components(process, gmm, x_BxD, t_B)
         return jax.nn.logsumexp(log_joint_BxJ, axis=-1)
 
     return log_prob_fn
@@ -228,7 +250,7 @@ def _score_fn(process: Process, gmm: GMM, shared: bool) -> processes.ScoreFn:
                 r_BxJ = jax.nn.softmax(logits_BxJ, axis=-1)
                 mean_BxD = r_BxJ @ jnp.asarray(gmm.means, x_BxD.dtype)
             return (alpha_B[:, None] * mean_BxD - x_BxD) * precision_BxD
-        log_joint_BxJ, score_BxJxD, _ = _component_terms(process, gmm, x_BxD, t_B)
+        log_joint_BxJ, score_BxJxD, _ = gmm_components(process, gmm, x_BxD, t_B)
         r_BxJ = jax.nn.softmax(log_joint_BxJ, axis=-1)
         return jnp.einsum("bj,bjd->bd", r_BxJ, score_BxJxD)
 
@@ -259,78 +281,3 @@ def gmm_score(process: Process, weights, means=None, covs=None) -> processes.Sco
     """
     gmm = _as_gmm(weights, means, covs)
     return _score_fn(process, gmm, gmm.shared and gmm.diagonal)
-
-
-def posterior_eps(process: Process, gmm: GMM, x_BxD: jax.Array,
-                  t_B: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The law of each coordinate of ε given x_t = alpha x_0 + sigma ε (SPEC §6).
-
-    Given x_t = x and component j, ε is Gaussian; coordinate i of ε given x is
-    the mixture Σ_j r_j N(m_ji, s_ji²) with
-
-    .. math::  r_j \\propto w_j N(x; \\alpha\\mu_j, C_j), \\quad
-               m_j = \\sigma C_j^{-1}(x - \\alpha\\mu_j), \\quad
-               s_j^2 = \\operatorname{diag}(\\alpha^2\\Sigma_j C_j^{-1}), \\quad
-               C_j = \\alpha^2\\Sigma_j + \\sigma^2 I,
-
-    so Σ_j r_j m_j = E[ε | x_t] = -sigma ∇ log p_t (SPEC §4).
-
-    Returns:
-      (r [B, J], means [B, J, D], stds [B, J, D]).
-    """
-    log_joint_BxJ, score_BxJxD, var_BxJxD = _component_terms(
-        process, gmm, x_BxD, t_B, posterior_var=True)
-    sigma_Bx1x1 = processes.per_example(process.sigma(t_B), score_BxJxD)
-    return jax.nn.softmax(log_joint_BxJ, axis=-1), -sigma_Bx1x1 * score_BxJxD, jnp.sqrt(var_BxJxD)
-
-
-def loss_minimiser(process: Process, gmm: GMM, q: Law | str, p: Law | str, num_steps: int, *,
-                   num_nodes: int = HERMITE_NODES, num_iters: int = 40) -> processes.EpsFn:
-    """m*(x, t): what a perfect fit of the eq. (5) loss learns for ε (SPEC §4 (ii)).
-
-    Per coordinate, the minimiser of the expected loss given x_t,
-
-    .. math::  m^*_i = \\arg\\min_m \\mathbb{E}[\\ell_{q,p}(c(m - \\varepsilon_i)) \\mid x_t],
-               \\qquad c = g\\sqrt{\\Delta t}/\\sigma \\text{ at } t = t_{k+1},
-
-    i.e. the root of ψ(m) = E[ℓ'(c(m - ε_i)) | x_t], non-decreasing in m since ℓ is
-    convex. The expectation over the posterior (:func:`posterior_eps`) uses
-    ``num_nodes`` Gauss–Hermite nodes per component; the root is found by
-    ``num_iters`` bisections on a bracket spanning every node. For q = p = gaussian,
-    m* = E[ε | x_t]; for a non-quadratic ℓ it is an M-estimate that differs where
-    the posterior is skewed, and tends to E[ε | x_t] as c ∝ 1/√K → 0.
-
-    Returns:
-      ``eps_fn(x [B, D], t [B]) -> m* [B, D]``.
-
-    Raises:
-      ValueError: a pair whose KL is infinite (:func:`nnd.losses.check_pair`).
-    """
-    q, p = losses.check_pair(q, p)
-    num_steps = processes.check_num_steps(num_steps)
-    z_H, w_H = np.polynomial.hermite.hermgauss(num_nodes)
-    dl = jax.grad(lambda u: jnp.sum(losses.shift_kl(q, p, u)))
-
-    def eps_fn(x_BxD, t_B):
-        r_BxJ, mean_BxJxD, std_BxJxD = posterior_eps(process, gmm, x_BxD, t_B)
-        dtype = x_BxD.dtype
-        z = jnp.asarray(z_H * math.sqrt(2.0), dtype)
-        eps_BxJxDxH = mean_BxJxD[..., None] + std_BxJxD[..., None] * z
-        w_BxJx1xH = r_BxJ[:, :, None, None] * jnp.asarray(w_H / math.sqrt(math.pi), dtype)
-        c_B = losses.step_scale(process, t_B, num_steps).astype(dtype)[:, None, None, None]
-
-        def psi(m_BxD):
-            return jnp.sum(w_BxJx1xH * dl(c_B * (m_BxD[:, None, :, None] - eps_BxJxDxH)),
-                           axis=(1, 3))
-
-        def bisect(_, bracket):
-            lo, hi = bracket
-            mid = 0.5 * (lo + hi)
-            right = psi(mid) > 0.0  # the root is left of mid
-            return jnp.where(right, lo, mid), jnp.where(right, mid, hi)
-
-        bracket = (jnp.min(eps_BxJxDxH, axis=(1, 3)) - 1.0, jnp.max(eps_BxJxDxH, axis=(1, 3)) + 1.0)
-        lo, hi = jax.lax.fori_loop(0, num_iters, bisect, bracket)
-        return 0.5 * (lo + hi)
-
-    return eps_fn

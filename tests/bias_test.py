@@ -1,8 +1,12 @@
-"""Tests for nnd.experiments.bias (SPEC §4 (ii): bias of the learned ε on gmm8).
+"""Tests for nnd.experiments.bias (the bias of the ε learned with a non-quadratic loss, gmm8).
 
-The loss minimiser and the posterior of ε are tested in tests/oracles_test.py; here the
-measurement (evaluation points, relative-error tables), the training configs and the
-written outputs. Parametrised tests run their first case in the fast tier.
+The loss minimiser against a brute-force scipy minimisation of the expected loss under the
+posterior of ε; the training scale c_k it and the evaluation use against the one the
+training loss (:func:`nnd.losses.step_loss`) applies to the same draw; the measurement
+(evaluation points, relative-error tables), the training configs and the written outputs.
+The posterior of ε itself is checked against Gaussian conditioning in
+tests/oracles_test.py (:func:`nnd.oracles.gmm_components`). Parametrised tests run their
+first case in the fast tier.
 """
 
 import json
@@ -12,9 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import optimize
 
 from nnd import config as config_lib
-from nnd import increments, losses, oracles, processes
+from nnd import defaults, increments, losses, oracles, processes, walks
 from nnd.experiments import bias, common
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -98,29 +103,170 @@ def test_standard_error_shrinks_with_n(setup):
         4 * small["overall"]["stderr"])
 
 
+def _training_c(process, points, num_steps, **scheme_and_grid):
+    """The c_k with which the training loss weighs each point: for G/G and ε_θ = ε + δ,
+    step_loss = Σ_i ½ c_k² δ² = D c_k² δ² / 2 (the full KL, no penalty subtracted)."""
+    eps = jnp.asarray(points["eps"])
+    delta = 0.25
+    loss = losses.step_loss(eps, eps + delta, jnp.asarray(points["t"]), process=process,
+                            q="gaussian", p="gaussian", num_steps=num_steps,
+                            subtract_penalty=False, **scheme_and_grid)
+    return np.sqrt(2.0 * np.asarray(loss, np.float64) / (eps.shape[1] * delta**2))
+
+
 @pytest.mark.fast_first
 @pytest.mark.parametrize("num_steps", [10, 100])
 def test_points_are_the_training_draw(setup, num_steps):
     process, gmm, _ = setup
     key = jax.random.key(3)
     points = bias.draw_points(key, process, gmm, num_steps, 5000)
-    # x_0 from the data, then exactly the training draw of eq. (5) (paper grid) with the rest of the key
+    # x_0 from the data, then exactly the training draw of eq. (5) (the training grid) with
+    # the rest of the key
     key_x0, key_draw = jax.random.split(key)
     x0 = oracles.sample_gmm(key_x0, gmm, 5000)
-    t, eps, x = losses.training_draw(key_draw, process, x0, num_steps, grid="t")
+    t, eps, x = losses.training_draw(key_draw, process, x0, num_steps)
     for name, value in (("x0", x0), ("t", t), ("eps", eps), ("x", x)):
         np.testing.assert_array_equal(points[name], np.asarray(value), err_msg=name)
-    grid, dt = processes.time_grid(process, num_steps)
+    grid = processes.sampling_grid(process, num_steps, processes.DEFAULT_GRID)
     assert set(np.unique(points["t"])) == set(np.asarray(grid)[1:].tolist())  # every t_{k+1}, k < K
-    sigma = np.asarray(process.sigma(jnp.asarray(points["t"])))
-    c = np.asarray(process.g(jnp.asarray(points["t"]))) * math.sqrt(dt) / sigma
-    np.testing.assert_allclose(points["c"], c, rtol=1e-5)
     np.testing.assert_array_equal(points["quartile"], bias.quartile_of(points["t"]))
+    # c_k is the one the training loss applies to the same draw (default scheme and grid on
+    # both sides: ancestral on the log-SNR grid, c_k = 2.408 on vp at K = 10, where euler
+    # on the t grid, which the experiment used to pair with it, gives 1.00-1.41).
+    np.testing.assert_allclose(points["c"], _training_c(process, points, num_steps), rtol=1e-5)
     # ε* = E[ε | x_t]: ε* is orthogonal to the residual ε - ε* (a property of the
     # conditional mean), within 4 standard errors.
     eps_, star = points["eps"].ravel(), points["eps_star"].ravel()
     prod = (eps_ - star) * star
     assert abs(np.mean(prod)) < 4 * np.std(prod) / math.sqrt(eps_.size)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme, grid", [("ancestral", "lambda"), ("euler", "t"),
+                                          ("analytic", "lambda"), ("ancestral", "t")])
+def test_points_scale_follows_the_scheme_and_grid(setup, scheme, grid):
+    process, gmm, _ = setup
+    points = bias.draw_points(jax.random.key(5), process, gmm, 10, 400, scheme=scheme, grid=grid)
+    assert set(np.unique(points["t"])) <= set(
+        np.asarray(processes.sampling_grid(process, 10, grid)).tolist())
+    np.testing.assert_allclose(points["c"],
+                               _training_c(process, points, 10, scheme=scheme, grid=grid),
+                               rtol=1e-5)
+    log_snr = np.asarray(process.log_snr(jnp.asarray([process.t_eps, 1.0])), np.float64)
+    if (scheme, grid) == ("ancestral", "lambda"):  # equal steps in λ: one c_k for every k
+        np.testing.assert_allclose(points["c"], math.sqrt(math.expm1((log_snr[0] - log_snr[1])
+                                                                     / 10)), rtol=1e-5)
+        assert points["c"][0] == pytest.approx(2.408, abs=1e-3)
+    if (scheme, grid) == ("euler", "t"):  # the paper's g√Δt/σ: 1.00-1.41 at K = 10
+        assert 1.0 < points["c"].min() < 1.01 and 1.41 < points["c"].max() < 1.42
+
+
+def test_config_trains_with_the_scheme_and_grid_it_is_scored_with():
+    # The default: the library's training defaults; any other: passed through to training.
+    default = config_lib.resolve(defaults.default()).sampling
+    for settings in (bias.Settings(), bias.Settings(scheme="euler", grid="t")):
+        sampling = config_lib.resolve(bias.make_config(settings, *settings.pairs[0], 10)).sampling
+        assert (sampling.scheme, sampling.grid) == (settings.scheme, settings.grid)
+    assert (bias.Settings().scheme, bias.Settings().grid) == (default.scheme, default.grid)
+    with pytest.raises(ValueError, match="scheme"):
+        bias.Settings(scheme="heun")
+    with pytest.raises(ValueError, match="grid"):
+        bias.loss_minimiser(processes.get("vp"), oracles.gmm8(), "laplace", "laplace", 10,
+                            grid="log")
+
+
+# -- the loss minimiser -------------------------------------------------------------------
+
+
+def _training_points(process, gmm, num_steps, n, seed):
+    key_x0, key_draw = jax.random.split(jax.random.key(seed))
+    t, _, x = losses.training_draw(key_draw, process, oracles.sample_gmm(key_x0, gmm, n),
+                                   num_steps)  # the default grid, which loss_minimiser uses
+    return x, t
+
+
+def _full_mixture():
+    """3 components in 3-D with full (non-diagonal) covariances."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 3, 3)) * 0.4
+    return oracles.GMM(np.array([0.2, 0.5, 0.3]), rng.normal(size=(3, 3)),
+                       np.einsum("jab,jcb->jac", a, a) + 0.05 * np.eye(3))
+
+
+@pytest.mark.fast_first
+@pytest.mark.parametrize("mixture", ["full", "gmm8"])
+def test_gaussian_minimiser_is_the_posterior_mean(mixture):
+    gmm = oracles.gmm8() if mixture == "gmm8" else _full_mixture()
+    p = processes.get("vp")
+    x, t = _training_points(p, gmm, 10, 256, seed=0)
+    m_star = jax.jit(bias.loss_minimiser(p, gmm, "gaussian", "gaussian", 10))(x, t)
+    eps_star = processes.eps_fn_from_score(p, oracles.gmm_score(p, gmm))(x, t)
+    np.testing.assert_allclose(np.asarray(m_star), np.asarray(eps_star), atol=2e-5)
+    r, mean, _ = bias.posterior_eps(p, gmm, x, t)  # the posterior's mean is E[ε | x_t]
+    np.testing.assert_allclose(np.asarray(jnp.einsum("bj,bjd->bd", r, mean)),
+                               np.asarray(eps_star), atol=2e-6)
+
+
+def test_minimiser_of_a_symmetric_posterior_is_its_mean():
+    # One-component data: the posterior of ε is Gaussian, so every symmetric ℓ has
+    # the posterior mean as its minimiser (no bias at any K).
+    p = processes.get("vp")
+    gmm = oracles.GMM(np.ones(1), np.array([[0.3, -0.2]]), 0.2**2 * np.eye(2)[None])
+    x, t = _training_points(p, gmm, 10, 256, seed=1)
+    m_star = bias.loss_minimiser(p, gmm, "laplace", "laplace", 10)(x, t)
+    eps_star = processes.eps_fn_from_score(p, oracles.gmm_score(p, gmm))(x, t)
+    np.testing.assert_allclose(np.asarray(m_star), np.asarray(eps_star), atol=2e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pair", ["laplace/laplace", "uniform/laplace"])
+def test_minimiser_matches_brute_force(pair):
+    """m* against scipy's minimisation of the expected loss under the posterior, on a grid,
+    with the c_k the training loss applies (ancestral on the log-SNR grid)."""
+    q, p = pair.split("/")
+    process, gmm = processes.get("vp"), oracles.gmm8()
+    x, t = _training_points(process, gmm, 10, 6, seed=2)
+    m_star = np.asarray(bias.loss_minimiser(process, gmm, q, p, 10)(x, t))
+    r, mean, std = (np.asarray(a, np.float64) for a in bias.posterior_eps(process, gmm, x, t))
+    c = _training_c(process, {"eps": np.zeros(x.shape, np.float32), "t": t}, 10)
+    shift_kl = jax.jit(lambda u: losses.shift_kl(q, p, u))
+    biggest = 0.0
+    for b in range(len(t)):
+        for d in range(2):
+            grid = np.linspace((mean[b, :, d] - 12 * std[b, :, d]).min(),
+                               (mean[b, :, d] + 12 * std[b, :, d]).max(), 20001)
+            dens = sum(r[b, j] * np.exp(-0.5 * ((grid - mean[b, j, d]) / std[b, j, d]) ** 2)
+                       / std[b, j, d] for j in range(8))
+            dens /= np.trapezoid(dens, grid)
+
+            def risk(m):
+                u = jnp.asarray(c[b] * (m - grid), jnp.float32)
+                return np.trapezoid(dens * np.asarray(shift_kl(u), np.float64), grid)
+
+            centre = float(np.einsum("j,j->", r[b], mean[b, :, d]))
+            best = optimize.minimize_scalar(risk, bracket=(centre - 0.5, centre + 0.5), tol=1e-10)
+            assert abs(best.x - m_star[b, d]) < 2e-4, (b, d, best.x, m_star[b, d])
+            biggest = max(biggest, abs(m_star[b, d] - centre))
+    assert biggest > 1e-3  # these points do show a bias at K = 10
+
+
+@pytest.mark.slow
+def test_laplace_minimiser_bias_shrinks_with_k():
+    # c_k ∝ 1/√K: as K grows ℓ becomes quadratic on the posterior's scale and m* → E[ε | x_t].
+    process, gmm = processes.get("vp"), oracles.gmm8()
+    eps_fn = processes.eps_fn_from_score(process, oracles.gmm_score(process, gmm))
+    errors = []
+    for k in (10, 1000):
+        x, t = _training_points(process, gmm, k, 500, seed=3)
+        m_star = bias.loss_minimiser(process, gmm, "laplace", "laplace", k)(x, t)
+        eps_star = eps_fn(x, t)
+        errors.append(float(jnp.linalg.norm(m_star - eps_star) / jnp.linalg.norm(eps_star)))
+    assert errors[0] > 0.02 and errors[1] < 0.5 * errors[0], errors
+
+
+def test_minimiser_refuses_an_infinite_pair():
+    with pytest.raises(ValueError, match="infinite"):
+        bias.loss_minimiser(processes.get("vp"), oracles.gmm8(), "laplace", "uniform", 10)
 
 
 @pytest.mark.fast_first
@@ -227,9 +373,10 @@ def test_run_measures_every_pair_and_k(monkeypatch):
     assert row["network"]["overall"]["relative_error"] == 0.0  # the oracle is ε*
     assert row["loss_minimiser"]["overall"]["relative_error"] < 1e-4  # G/G: m* = ε*
     assert control["untrained"]["overall"]["relative_error"] == pytest.approx(1.0)
-    grid, _ = processes.time_grid(process, 10)  # t_1..t_10 by quartile: 2, 2, 3, 3
+    grid = processes.sampling_grid(process, 10, processes.DEFAULT_GRID)  # t_1..t_10 by quartile
     assert [c["num_grid_times"] for c in control["quartile_scale"]] == list(
         np.bincount(bias.quartile_of(np.asarray(grid)[1:]), minlength=4))
+    assert (result["scheme"], result["grid"]) == (walks.DEFAULT_SCHEME, processes.DEFAULT_GRID)
     assert result["eval_key"] == "fold_in(fold_in(key(0), 7), K)"
 
 

@@ -1,12 +1,12 @@
-"""Tests for nnd.oracles: the exact Gaussian-mixture score of SPEC §6 and the loss minimiser of §4 (ii).
+"""Tests for nnd.oracles: the exact score, density and components of noised Gaussian mixtures.
 
 The references are independent: scipy.stats.multivariate_normal log-densities of the
 noised mixture (means alpha μ_j, covariances alpha² Σ_j + sigma² I, with alpha and
 sigma written out here in numpy), central finite differences of that log-density
 for the score, jax.grad of the log-density, Monte Carlo moments with
-standard-error tolerances for the sampler, the Gaussian conditioning formulas in
-float64 numpy for the posterior of ε, and a brute-force scipy minimisation of the
-expected loss for the loss minimiser.
+standard-error tolerances for the sampler, and the Gaussian conditioning formulas in
+float64 numpy for the components' posterior of ε. (The loss minimiser built on that
+posterior is the bias experiment's, tested in tests/bias_test.py.)
 
 The shared-covariance path of the score and density (gmm8 and any mixture whose components
 share one diagonal covariance) is checked against the general per-component path.
@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import optimize, special, stats
+from scipy import special, stats
 
-from nnd import losses, oracles, processes
+from nnd import oracles, processes
 
 
 def fast_first(cases):
@@ -32,7 +32,7 @@ def fast_first(cases):
 
 
 def ref_alpha_sigma(name, t):
-    """alpha(t), sigma(t) in float64 from the schedules' formulas (SPEC §1)."""
+    """alpha(t), sigma(t) in float64 from the schedules' formulas."""
     if name == "vp":
         lmc = -0.25 * t**2 * 19.9 - 0.5 * t * 0.1
         return math.exp(lmc), math.sqrt(-math.expm1(2 * lmc))
@@ -251,7 +251,7 @@ def test_invalid_mixtures_raise(weights, means, covs):
         oracles.gmm_log_prob(p, weights, means, covs)
 
 
-# -- the posterior of ε and the loss minimiser (SPEC §4 (ii)) -------------------------
+# -- the components of p_t and the posterior of ε --------------------------------------
 
 
 def ref_posterior(x, t, name, weights, means, covs):
@@ -269,17 +269,26 @@ def ref_posterior(x, t, name, weights, means, covs):
     return np.exp(r - special.logsumexp(r, axis=-1, keepdims=True)), np.stack(m, 1), np.stack(s, 1)
 
 
+def _posterior(process, gmm, x, t_B):
+    """(r, E[ε | x, j], sd of ε_i | x, j) from gmm_components."""
+    components = oracles.gmm_components(process, gmm, x, t_B, posterior_var=True)
+    sigma = np.asarray(process.sigma(t_B))[:, None, None]
+    return (np.asarray(jax.nn.softmax(components.log_joint_BxJ, axis=-1)),
+            -sigma * np.asarray(components.score_BxJxD), np.sqrt(np.asarray(components.eps_var_BxJxD)))
+
+
 @pytest.mark.parametrize("mixture, name, t", CASES)
-def test_posterior_eps_matches_gaussian_conditioning(mixture, name, t):
+def test_components_match_gaussian_conditioning(mixture, name, t):
     weights, means, covs = MIXTURES[mixture]()
     gmm = oracles._as_gmm(weights, means, covs)
     x = _points(means.shape[1], seed=4)
     with jax.enable_x64(True):
         p = processes.get(name)
         t_B = jnp.full((len(x),), t, jnp.float64)
-        r, m, s = (np.asarray(a) for a in oracles.posterior_eps(p, gmm, jnp.asarray(x), t_B))
+        r, m, s = _posterior(p, gmm, jnp.asarray(x), t_B)
         eps_star = np.asarray(processes.eps_fn_from_score(p, oracles.gmm_score(p, gmm))(
             jnp.asarray(x), t_B))
+        assert oracles.gmm_components(p, gmm, jnp.asarray(x), t_B).eps_var_BxJxD is None
     r_ref, m_ref, s_ref = ref_posterior(x, t, name, weights, means, covs)
     np.testing.assert_allclose(r, r_ref, atol=1e-9)
     np.testing.assert_allclose(m, m_ref, rtol=1e-8, atol=1e-10)
@@ -295,90 +304,11 @@ def test_posterior_sd_is_accurate_when_alpha_is_small(mixture):
     weights, means, covs = MIXTURES[mixture]()
     p = processes.get("vp")
     x = jnp.asarray(_points(means.shape[1], n=4, seed=5), jnp.float32)
-    _, _, s = oracles.posterior_eps(p, oracles._as_gmm(weights, means, covs), x,
-                                    jnp.ones((x.shape[0],), jnp.float32))
+    _, _, s = _posterior(p, oracles._as_gmm(weights, means, covs), x,
+                         jnp.ones((x.shape[0],), jnp.float32))
     alpha, sigma = ref_alpha_sigma("vp", 1.0)
     c = alpha**2 * covs + sigma**2 * np.eye(means.shape[1])
     var = alpha**2 * np.diagonal(np.linalg.solve(c, covs), axis1=1, axis2=2)  # [J, D]
     assert np.all(var < 1e-4)  # float32 cancellation would be off by ~6e-8
     np.testing.assert_allclose(np.asarray(s, np.float64) ** 2, np.broadcast_to(var, s.shape),
                                rtol=1e-4)
-
-
-def _training_points(process, gmm, num_steps, n, seed):
-    key_x0, key_draw = jax.random.split(jax.random.key(seed))
-    t, _, x = losses.training_draw(key_draw, process, oracles.sample_gmm(key_x0, gmm, n), num_steps,
-                                   grid="t")  # the grid of step_scale, which loss_minimiser uses
-    return x, t
-
-
-@pytest.mark.parametrize("mixture", fast_first(list(MIXTURES)))
-def test_gaussian_minimiser_is_the_posterior_mean(mixture):
-    weights, means, covs = MIXTURES[mixture]()
-    gmm = oracles._as_gmm(weights, means, covs)
-    p = processes.get("vp")
-    x, t = _training_points(p, gmm, 10, 256, seed=0)
-    m_star = jax.jit(oracles.loss_minimiser(p, gmm, "gaussian", "gaussian", 10))(x, t)
-    eps_star = processes.eps_fn_from_score(p, oracles.gmm_score(p, gmm))(x, t)
-    np.testing.assert_allclose(np.asarray(m_star), np.asarray(eps_star), atol=2e-5)
-
-
-def test_minimiser_of_a_symmetric_posterior_is_its_mean():
-    # One-component data: the posterior of ε is Gaussian, so every symmetric ℓ has
-    # the posterior mean as its minimiser (no bias at any K).
-    p = processes.get("vp")
-    gmm = oracles.GMM(np.ones(1), np.array([[0.3, -0.2]]), 0.2**2 * np.eye(2)[None])
-    x, t = _training_points(p, gmm, 10, 256, seed=1)
-    m_star = oracles.loss_minimiser(p, gmm, "laplace", "laplace", 10)(x, t)
-    eps_star = processes.eps_fn_from_score(p, oracles.gmm_score(p, gmm))(x, t)
-    np.testing.assert_allclose(np.asarray(m_star), np.asarray(eps_star), atol=2e-5)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("pair", ["laplace/laplace", "uniform/laplace"])
-def test_minimiser_matches_brute_force(pair):
-    """m* against scipy's minimisation of the expected loss under the posterior, on a grid."""
-    q, p = pair.split("/")
-    process, gmm = processes.get("vp"), oracles.gmm8()
-    x, t = _training_points(process, gmm, 10, 6, seed=2)
-    m_star = np.asarray(oracles.loss_minimiser(process, gmm, q, p, 10)(x, t))
-    r, mean, std = (np.asarray(a, np.float64) for a in oracles.posterior_eps(process, gmm, x, t))
-    c = np.asarray(losses.step_scale(process, t, 10), np.float64)
-    shift_kl = jax.jit(lambda u: losses.shift_kl(q, p, u))
-    biggest = 0.0
-    for b in range(len(t)):
-        for d in range(2):
-            grid = np.linspace((mean[b, :, d] - 12 * std[b, :, d]).min(),
-                               (mean[b, :, d] + 12 * std[b, :, d]).max(), 20001)
-            dens = sum(r[b, j] * np.exp(-0.5 * ((grid - mean[b, j, d]) / std[b, j, d]) ** 2)
-                       / std[b, j, d] for j in range(8))
-            dens /= np.trapezoid(dens, grid)
-
-            def risk(m):
-                u = jnp.asarray(c[b] * (m - grid), jnp.float32)
-                return np.trapezoid(dens * np.asarray(shift_kl(u), np.float64), grid)
-
-            centre = float(np.einsum("j,j->", r[b], mean[b, :, d]))
-            best = optimize.minimize_scalar(risk, bracket=(centre - 0.5, centre + 0.5), tol=1e-10)
-            assert abs(best.x - m_star[b, d]) < 2e-4, (b, d, best.x, m_star[b, d])
-            biggest = max(biggest, abs(m_star[b, d] - centre))
-    assert biggest > 1e-3  # these points do show a bias at K = 10
-
-
-@pytest.mark.slow
-def test_laplace_minimiser_bias_shrinks_with_k():
-    # c ∝ 1/√K: as K grows ℓ becomes quadratic on the posterior's scale and m* → E[ε | x_t].
-    process, gmm = processes.get("vp"), oracles.gmm8()
-    eps_fn = processes.eps_fn_from_score(process, oracles.gmm_score(process, gmm))
-    errors = []
-    for k in (10, 1000):
-        x, t = _training_points(process, gmm, k, 500, seed=3)
-        m_star = oracles.loss_minimiser(process, gmm, "laplace", "laplace", k)(x, t)
-        eps_star = eps_fn(x, t)
-        errors.append(float(jnp.linalg.norm(m_star - eps_star) / jnp.linalg.norm(eps_star)))
-    assert errors[0] > 0.02 and errors[1] < 0.5 * errors[0], errors
-
-
-def test_minimiser_refuses_an_infinite_pair():
-    with pytest.raises(ValueError, match="infinite"):
-        oracles.loss_minimiser(processes.get("vp"), oracles.gmm8(), "laplace", "uniform", 10)
