@@ -84,15 +84,21 @@ def test_toy_eval_writes_every_file(tmp_path, caplog):
     assert lik["num_examples"] == 40 and lik["divergence"] == "exact"
     assert np.isfinite(lik["nats_per_dim"]) and np.isfinite(lik["exact_nats_per_dim"])
     assert lik["nfe_mean"] > 1
-    bound = result["walk_bound"]
-    assert bound["num_examples"] == 40 and bound["num_steps"] == 20
-    assert np.isfinite(bound["total_nats_per_dim"])
-    np.testing.assert_allclose(
-        bound["total_nats"], bound["prior_kl_nats"] + bound["steps_nats"]
-        + bound["reconstruction_nats"], rtol=1e-5)
-    # laplace/laplace: l(0) = 0, no penalty; an estimate, not a bound.
-    assert bound["penalty_nats"] == 0.0
-    assert bound["kind"] == "estimate" and (bound["scheme"], bound["grid"]) == ("ancestral", "lambda")
+    # Every figure in the eval JSON carries its label: pf-ode, bound (the law-p walk) or
+    # estimate (eq. (5)).
+    on_disk = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert [on_disk[k]["label"] for k in ("likelihood", "walk_bound", "walk_estimate")] == [
+        "pf-ode", "bound", "estimate"]
+    bound, estimate = result["walk_bound"], result["walk_estimate"]
+    assert bound["num_examples"] == 40 and bound["num_steps"] == 20 and bound["law"] == "laplace"
+    assert np.isfinite(bound["total_nats_per_dim"]) and np.isfinite(estimate["total_nats_per_dim"])
+    for terms in (bound, estimate):
+        np.testing.assert_allclose(
+            terms["total_nats"], terms["prior_kl_nats"] + terms["steps_nats"]
+            + terms["reconstruction_nats"], rtol=1e-5)
+    # laplace/laplace: l(0) = 0, no penalty.
+    assert estimate["penalty_nats"] == 0.0
+    assert (bound["scheme"], bound["grid"]) == ("ancestral", "lambda")
     s = result["samples"]
     assert s["nfe"] == config.sampling.num_steps + 1 and s["finite"]
     assert len(s["share_per_centre"]) == 8 and np.isfinite(s["energy_distance"])
@@ -123,10 +129,15 @@ def test_eval_walk_sum_counts_the_penalty_for_mismatched_laws(tmp_path):
     # K·D·l(0) with K = 20, D = 2 and l_{U,L}(0) = log(b/a) + a/(2b).
     b, a = 1 / np.sqrt(2), np.sqrt(3)
     penalty = 20 * 2 * (np.log(b / a) + a / (2 * b))
+    estimate = result["walk_estimate"]
+    assert estimate["penalty_nats"] == pytest.approx(penalty, rel=1e-5)
+    assert estimate["total_with_penalty_nats"] - estimate["total_nats"] == pytest.approx(
+        penalty, rel=1e-4)
+    assert (estimate["label"], estimate["scheme"], estimate["grid"]) == ("estimate", "euler", "t")
+    # The bound describes the laplace walk; the samples come from the uniform one, which has none.
     bound = result["walk_bound"]
-    assert bound["penalty_nats"] == pytest.approx(penalty, rel=1e-5)
-    assert bound["total_with_penalty_nats"] - bound["total_nats"] == pytest.approx(penalty, rel=1e-4)
-    assert (bound["kind"], bound["scheme"], bound["grid"]) == ("estimate", "euler", "t")
+    assert (bound["label"], bound["law"], bound["sampling_law"]) == ("bound", "laplace", "uniform")
+    assert "bounded support" in bound["sampled_walk"] and np.isfinite(bound["total_nats"])
     assert result["samples"]["nfe"] == 2 * config.sampling.num_steps + 1  # heun, + denoise
 
 
@@ -155,8 +166,9 @@ def test_digits_eval_counts_every_test_example_and_writes_every_file(tmp_path):
     assert lik["unit"] == "bits/dim" and lik["divergence"] == "rademacher"  # the digits configs' choice
     assert lik["num_examples"] == 10 and lik["num_repeats"] == 2 and len(lik["per_repeat"]) == 2
     assert np.isfinite(lik["bpd"]) and lik["se_repeats"] is not None
-    bound = result["walk_bound"]
-    assert np.isfinite(bound["total_bpd"]) and bound["total_with_penalty_bpd"] == bound["total_bpd"]
+    bound, estimate = result["walk_bound"], result["walk_estimate"]
+    assert np.isfinite(bound["total_bpd"]) and "total_with_penalty_bpd" not in bound
+    assert estimate["total_with_penalty_bpd"] == estimate["total_bpd"]
     assert result["samples"]["reference_examples"] == 10
 
 
