@@ -256,7 +256,7 @@ class Logistic(Law):
         # Inversion on the open interval from one random word per draw (_logistic_from_words),
         # not jax.random.logistic: that maps u = 0 to finfo.tiny, an atom at z = -48.15 of
         # probability 2^-23 in float32 (kurtosis 4.84 instead of 4.2).
-        work = _draw_dtype(dtype)
+        work = jax.dtypes.canonicalize_dtype(_draw_dtype(dtype))  # float32 unless x64 is on
         uint = jnp.uint64 if jnp.finfo(work).bits == 64 else jnp.uint32
         z = _logistic_from_words(jax.random.bits(key, tuple(shape), uint), work)
         return (z * jnp.asarray(self.scale, work)).astype(dtype)
@@ -296,7 +296,7 @@ def _logistic_from_words(words, dtype):
     truncated alike, exactly mirrored, at |z| = log(2^(n+2) - 1) (17.33 in float32, 37.43
     in float64), and no draw has more mass than the true law gives its cell.
     """
-    n = jnp.finfo(dtype).nmant
+    n = min(jnp.finfo(dtype).nmant, jnp.iinfo(words.dtype).bits - 1)
     v = 0.5 * _bits_uniform(words, n, dtype)
     z = jnp.log1p((1.0 - 2.0 * v) / v)
     return jnp.where((words & 1).astype(jnp.bool_), -z, z)
