@@ -45,11 +45,12 @@ with a standard error from 10 chunks. Next to the trained network ε_θ it repor
 Caveats. The standard errors are evaluation noise only (one training seed per
 cell); the spread between training seeds is larger (at K = 1000, euler on the t grid,
 the t < .25 error of G/G was 0.25 with seed 0 and 0.12 with seed 1). Each K is
-evaluated on its own grid, so its quartiles hold different times (on the t grid, the
-first holds t ∈ {0.10, 0.20} for K = 10 but t ∈ [0.002, 0.25) for K = 1000, where ε*
-varies fastest): compare pairs at one K, not one pair across K.
+evaluated on its own grid, so its quartiles hold different times (on vp's log-SNR grid
+the first holds t ∈ {0.005, 0.018, 0.054, 0.141} for K = 10 but 470 of the 1000 times for
+K = 1000, where ε* varies fastest): compare pairs at one K, not one pair across K.
 
-Run (939 s measured on 2 busy CPU cores, 9 trainings of about 95 s each)::
+Run (939 s measured on 2 busy CPU cores, 9 trainings of about 95 s each; the loss
+minimiser alone takes 30-70 s per K)::
 
     python -m nnd.experiments.bias --out docs/figures --steps 3000
 
