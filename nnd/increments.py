@@ -20,7 +20,8 @@ plus what the loss module needs for closed forms and quadrature:
 ``log_prob`` is not smooth.
 
 logistic draws invert its cdf at a uniform on the open interval (0, 1), made from one random
-word (:func:`_logistic_from_words`), so both tails are truncated alike, at probability 2^-24.
+word (:func:`_logistic_from_words`), so both tails are truncated alike, at probability 2^-24
+(float32; 2^-53 in float64).
 student_t and gennorm sample exactly with a ziggurat (Marsaglia & Tsang 2000) built for
 their parameter: one random word per draw on the fast path, no per-element loop; see
 :class:`_Ziggurat`.
