@@ -39,7 +39,7 @@ GRID_TOLERANCE = 1e-3
 
 def eps_fn_for(process):
     score = oracles.gmm_score(process, MIXTURE)
-    return lambda x, t: -processes.per_example(process.sigma(t), x) * score(x, t)
+    return jax.jit(lambda x, t: -processes.per_example(process.sigma(t), x) * score(x, t))
 
 
 def survival(law, z):
@@ -86,7 +86,8 @@ def exact_log_prob(process, law, points, num_steps, *, half_width=20.0, refine=2
     beta = scipy.stats.norm.pdf(np.asarray(points)[:, None], x_hat[None], sd)
     for k in range(num_steps):
         t, s = t_grid[k + 1], t_grid[k]
-        mean, b = likelihood.reverse_kernel(process, SCHEME, y32, eps_fn(y32, at(t)), t, s)
+        mean, b = jax.jit(likelihood.reverse_kernel, static_argnums=(0, 1))(
+            process, SCHEME, y32, eps_fn(y32, at(t)), t, s)
         mean = np.asarray(mean, np.float64)[:, 0]
         c = scipy.signal.fftconvolve(beta, cell_masses(law, n, h, float(b))[None], mode="same", axes=1)
         beta = np.stack([np.interp(mean, y, row, left=0.0, right=0.0) for row in c])
@@ -104,8 +105,8 @@ def monte_carlo_elbo(process, law, points, num_steps, *, n=2000, seed=1):
 
 
 @pytest.mark.fast_first
-@pytest.mark.parametrize("num_steps", [3, 2])
-@pytest.mark.parametrize("law", ["logistic", "laplace", "student_t:5"])
+@pytest.mark.parametrize("num_steps", [2, 3])
+@pytest.mark.parametrize("law", ["laplace", "logistic", "student_t:5"])
 @pytest.mark.parametrize("name", ["vp", "vdm"])
 def test_walk_bound_is_below_the_exact_log_likelihood(name, law, num_steps):
     process = processes.get(name)
