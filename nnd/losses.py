@@ -156,12 +156,13 @@ def _tail_nodes(c, direction, dtype):
     return jnp.concatenate(zs), jnp.concatenate(ws), jnp.concatenate(log_jacs)
 
 
-def _quadrature_scalar(q: Law, p: Law, u):
-    """ℓ(u) = ∫ q(z) [log q(z) - log p(z + u)] dz for one scalar u.
+def _quadrature_nodes(q: Law, p: Law, u):
+    """Nodes z, weights w and log-Jacobians of the quadrature of ℓ(u), for one scalar u.
 
     The integral is split at q's support ends, at q's kinks (0) and at the
     kinks of log p(z + u) (z = κ - u), so every panel has a smooth integrand and
-    the nodes move with u; that keeps ∂ℓ/∂u right near u = 0.
+    the nodes move with u; that keeps ∂ℓ/∂u right near u = 0. Infinite tails are
+    mapped to finite panels (:func:`_tail_nodes`); ∫ f dz ≈ Σ w f(z) e^{log-Jacobian}.
     """
     dtype = u.dtype
     lo, hi = q.support
@@ -188,9 +189,12 @@ def _quadrature_scalar(q: Law, p: Law, u):
             zs.append(z)
             ws.append(w)
             log_jacs.append(log_jac)
-    z = jnp.concatenate(zs)
-    w = jnp.concatenate(ws)
-    log_jac = jnp.concatenate(log_jacs)
+    return jnp.concatenate(zs), jnp.concatenate(ws), jnp.concatenate(log_jacs)
+
+
+def _quadrature_scalar(q: Law, p: Law, u):
+    """ℓ(u) = ∫ q(z) [log q(z) - log p(z + u)] dz for one scalar u (:func:`_quadrature_nodes`)."""
+    z, w, log_jac = _quadrature_nodes(q, p, u)
 
     # Each term is w · q · J · d, d = log q - log p, J the tail map's Jacobian. Nodes
     # where q has no mass or log p overflows are masked BEFORE any arithmetic (moved to
