@@ -297,8 +297,9 @@ def step_loss(eps_BxD, eps_pred_BxD, t_B, *, process, q, p, num_steps: int,
     K-step ``grid`` (:func:`scheme_scale`): √expm1(λ_s - λ_t) for ``ancestral`` and
     ``analytic``, g(t)√(t - s)/σ(t) for ``euler`` (eq. 5 as the paper writes it, on the
     ``t`` grid). For q = p = gaussian with the ``ancestral`` scheme, L_k is the exact
-    KL of that step against the forward posterior (SPEC §5), the term of
-    :func:`nnd.likelihood.walk_bound`.
+    KL of that step against the forward posterior, the term of
+    :func:`nnd.likelihood.walk_bound`; for ``euler`` and ``analytic`` it is not (see
+    :func:`objective`).
 
     Args:
       eps_BxD: the noise ε of x_t = alpha x_0 + sigma ε, any shape [B, ...].
@@ -354,10 +355,17 @@ def objective(eps_fn, x0_BxD, key, *, process, q, p, num_steps: int,
                \\quad x = \\alpha x_0 + \\sigma\\varepsilon \\text{ at } t_{k+1}
 
     with the draw of :func:`training_draw` on ``grid`` and u = c_k(ε_θ - ε) weighted by
-    the c_k of ``scheme`` (:func:`step_loss`). Train with the scheme and grid the sampler
-    runs: for G/G the objective is then the step sum of that sampler's bound
-    (:func:`nnd.likelihood.walk_bound`); ``scheme="euler", grid="t"`` is eq. (5) as the
-    paper writes it.
+    the c_k of ``scheme`` (:func:`step_loss`); ``scheme="euler", grid="t"`` is eq. (5) as
+    the paper writes it. Train with the scheme and grid the sampler runs.
+
+    For G/G this objective is the step sum of that sampler's bound
+    (:func:`nnd.likelihood.walk_bound`) for ``ancestral`` only (the default): there the
+    model step and the forward posterior share their variance σ_s² r, and the step's KL
+    is ½ expm1(λ_s - λ_t)‖ε_θ - ε‖² = ½ c_k²‖ε_θ - ε‖², which is L_k. For ``euler`` and
+    ``analytic`` the model step's variance differs from the posterior's and its mean is
+    not the posterior mean at ε_θ = ε, so the bound's step term is another function of
+    ε_θ: the objective is then a c_k²-weighted ε-MSE, not that bound, and its gradient
+    can point elsewhere (cosines down to 0.008 for euler and 0.04 for analytic).
 
     Args:
       eps_fn: ``eps_fn(x_BxD, t_B) -> eps_pred_BxD`` (the model, params bound).
