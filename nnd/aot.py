@@ -356,6 +356,11 @@ def _mib(n) -> str:
     return f"{n / 2**20:,.0f}"
 
 
+def _figure(x: float) -> str:
+    """At least three significant figures, no exponent below 10^15: 13,804, 13.2, 0.00123."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
 def _duration(seconds: float) -> str:
     """Three significant figures in a unit that suits: "0.241 µs", "4.7 ms", "2.1 min", "17.2 h"."""
     for unit, size in (("h", 3600.0), ("min", 60.0), ("s", 1.0), ("ms", 1e-3)):
@@ -380,7 +385,7 @@ def format_table(report: dict) -> str:
         get = lambda k: _mib(p[k]) if k in p else "-"  # noqa: E731
         lines.append(f"{name:<11} {get('argument_bytes'):>9} {get('output_bytes'):>9} "
                      f"{get('temp_bytes'):>9} {get('total_bytes'):>10} {str(p['fits']):>5} "
-                     f"{p['flops'] / 1e9:>10.3g} {p['compile_seconds']:>9.1f}")
+                     f"{_figure(p['flops'] / 1e9):>10} {p['compile_seconds']:>9.1f}")
     if "train_step" in report["programs"]:
         t = report["programs"]["train_step"]
         e = report["estimate"]

@@ -66,6 +66,7 @@ def test_the_table_prints_estimates_with_three_significant_figures():
     assert "0.00123" in table  # GFLOP of the step, not 0.0
     assert [aot._duration(s) for s in (62e-3, 21.7e-3 * 1e6, 150.0, 2.5e-7)] == [
         "62 ms", "6.03 h", "2.5 min", "0.25 µs"]
+    assert [aot._figure(x) for x in (13804.2, 13.21, 0.001234)] == ["13,804", "13.2", "0.00123"]
 
 
 def test_likelihood_solve_runs_at_highest_precision():
