@@ -127,11 +127,6 @@ def _feature_statistics(feature_fn: FeatureFn, batches, *, label: str = "FID fea
     return mean, m2 / (n - 1), n
 
 
-def _save_npz_atomically(path: str, arrays: dict) -> None:
-    """np.savez to ``path`` (local or remote), never leaving a torn file (:func:`nnd.paths.write`)."""
-    paths.savez(path, **arrays)
-
-
 def reference_statistics(feature_fn: FeatureFn, batches: ArrayLike | Iterable[ArrayLike],
                          cache_path: str, *, total: int | None = None
                          ) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +142,7 @@ def reference_statistics(feature_fn: FeatureFn, batches: ArrayLike | Iterable[Ar
         return mu, sigma
     mu, sigma, n = _feature_statistics(feature_fn, batches, label="FID reference statistics",
                                        total=total)
-    _save_npz_atomically(cache_path, {"mu": mu, "sigma": sigma, "num_images": np.asarray(n)})
+    paths.savez(cache_path, mu=mu, sigma=sigma, num_images=np.asarray(n))  # never torn
     logging.info("FID reference statistics of %d images cached at %s", n, cache_path)
     return mu, sigma
 

