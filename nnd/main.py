@@ -102,10 +102,9 @@ def skip_absent_tpu(env=None, *, present=aot.tpu_present) -> str | None:
     (``E0000 ... unexpected worker hostname``, a ``TPU_ACCELERATOR_TYPE`` warning) before
     failing quietly. Sets ``jax_platforms`` to ``cpu`` (``cuda,cpu`` with jax's CUDA
     plugin installed), before any backend starts, unless ``JAX_PLATFORMS`` is set, libtpu
-    is absent, the host may have a TPU (:func:`nnd.aot.tpu_present`: there nothing is hidden),
-    or
-    other jax plugins are installed. ``--mode=compile`` still loads libtpu to describe its
-    slice (:mod:`nnd.aot`). Returns the platforms set, or None.
+    is absent, the host may have a TPU (:func:`nnd.aot.tpu_present`: there nothing is
+    hidden), or other jax plugins are installed. ``--mode=compile`` still loads libtpu to
+    describe its slice (:mod:`nnd.aot`). Returns the platforms set, or None.
     """
     env = os.environ if env is None else env
     if "JAX_PLATFORMS" in env or importlib.util.find_spec("libtpu") is None or present():
