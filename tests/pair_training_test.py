@@ -8,11 +8,11 @@ then draws 2000 samples with law q's steps. Checked: every logged loss is finite
 reaches its last step, and the samples' energy distance to gmm8 is within a stated margin
 of gaussian/gaussian's (trained and sampled with the same seeds).
 
-The margin, ED_pair ≤ ED_G/G + 0.01: at 2000 samples each, the energy distance between
+The margin, ED_pair ≤ ED_G/G + 0.005: at 2000 samples each, the energy distance between
 two independent gmm8 draws has a standard deviation of 9e-4 (20 replicates, checked in
-``test_energy_distance_noise_is_below_the_margin``), and gaussian/gaussian reaches about
-0.003 after 500 steps; 0.01 is over 10 standard deviations of the estimate, while the
-prior's N(0, I) samples (an untrained network's) score more than 20 margins.
+``test_energy_distance_noise_is_below_the_margin``), so 0.005 is over 5 standard
+deviations of the estimate; gaussian/gaussian reaches about 0.003 after 500 steps, and the
+prior's N(0, I) samples (what an untrained walk ends near) score 0.050, ten margins.
 """
 
 import json
@@ -26,7 +26,7 @@ from nnd import defaults, evaluate, losses, metrics, oracles, train
 
 LAWS = ["gaussian", "laplace", "uniform", "logistic", "student_t:5", "gennorm:1.5", "rademacher"]
 NUM_SAMPLES = 2000
-MARGIN = 0.01
+MARGIN = 0.005
 
 
 def _finite_pairs():
@@ -89,9 +89,9 @@ def test_the_matrix_is_every_finite_pair_of_the_seven_laws():
 def test_energy_distance_noise_is_below_the_margin():
     values = [metrics.energy_distance(_reference(seed, NUM_SAMPLES), _reference(1000 + seed))
               for seed in range(20)]
-    assert 8.0 * np.std(values) < MARGIN, values  # measured: std 9.2e-4
+    assert 5.0 * np.std(values) < MARGIN, values  # measured: std 9.2e-4
     prior = np.asarray(jax.random.normal(jax.random.key(0), (NUM_SAMPLES, 2)), np.float64)
-    assert metrics.energy_distance(prior, _reference()) > 20.0 * MARGIN
+    assert metrics.energy_distance(prior, _reference()) > 8.0 * MARGIN  # measured: 0.050
 
 
 @pytest.mark.slow
