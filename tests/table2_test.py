@@ -1,11 +1,10 @@
-"""Tests of nnd.experiments.table2: the table, the command line, and end to end with tiny digits models."""
+"""Tests of nnd.experiments.table2: the Markdown from synthetic results, the command line, and
+end to end with tiny digits models (slow)."""
 
 import json
-import os
 
 import pytest
 
-from nnd import defaults
 from nnd.experiments import table2
 
 TINY = {
@@ -17,10 +16,88 @@ TINY = {
 }
 
 
+def _seed(fd):
+    return {"fd": fd, "precision": 0.5, "recall": 0.25, "energy_distance": 0.1, "nfe": 5.0}
+
+
+def _unit(row, q, p, *, train_seed=0, bpd=1.0, fd=(2.0, 4.0, 6.0), bounded=False, law=None):
+    bound = ({"label": "bound", "none": "bounded support"} if bounded else
+             {"label": "bound", "total_bpd": 2.0, "steps_nats": 10.0})
+    penalty = 0.0 if q == p else 64.0 * 3
+    return {
+        "row": row, "q": q, "p": p, "train_seed": train_seed, "sampling_law": law or q,
+        "num_steps": 5, "workdir": "/nonexistent",
+        "likelihood": {"label": "pf-ode", "bpd": bpd, "se_examples": 0.01, "nfe_mean": 50.0},
+        "walk_bound": bound,
+        "walk_estimate": {"label": "estimate", "total_bpd": 2.5,
+                          "total_with_penalty_bpd": 2.5 + penalty / 64 / 0.693,
+                          "penalty_nats": penalty},
+        "fisher": ({"law": p, "fisher_information": 2.0, "ratio": 1.9} if p == "laplace" else None),
+        "sampling": {k: {"num_steps": int(k), "seeds": [_seed(f) for f in fd]} for k in ("2", "5")},
+    }
+
+
+def _result(units_):
+    return {"units": units_, "overrides": {}, "sampling_seeds": 3, "few_steps": [2],
+            "paper_cifar10": table2.PAPER, "fisher_information": {"gaussian": 1.0, "laplace": 2.0},
+            "machine": {"device_kind": "cpu", "device_count": 1, "backend": "cpu",
+                        "cpu_model": "test", "nproc": 2, "jax": "0", "platform": "linux"},
+            "jobs": 1, "command": "python -m nnd.experiments.table2 --out docs",
+            "wall_seconds": 90.0}
+
+
+def test_markdown_labels_mean_std_bounded_support_and_few_step_table():
+    units_ = [_unit("gaussian", "gaussian", "gaussian"),
+              _unit("gaussian", "gaussian", "gaussian", train_seed=1, bpd=1.1),
+              _unit("laplace", "laplace", "laplace", bpd=0.8, fd=(8.0, 9.0, 10.0)),
+              _unit("uniform", "uniform", "gaussian"),
+              _unit("bounded", "gaussian", "uniform", bounded=True)]
+    text = table2.markdown(_result(units_))
+    for label in ("`pf-ode`", "`bound`", "`estimate`", "pf-ode bpd", "bound bpd (law-p walk)",
+                  "estimate bpd", "## Few-step sampling", "## What agrees with the paper",
+                  "python -m nnd.experiments.table2 --out docs", "1.5 min"):
+        assert label in text
+    lines = text.splitlines()
+    main = [line for line in lines if line.startswith("| gaussian / gaussian | 0 |")]
+    assert main[0].split(" | ")[2:6] == ["1.000 ± 0.010", "2.000", "2.500", "4.00 ± 2.00"]
+    assert any("| gaussian / uniform | 0 |" in line and "none: bounded support" in line
+               for line in lines)
+    uniform = next(line for line in lines if line.startswith("| uniform / gaussian | 0 | 1.000"))
+    assert "2.500 / " in uniform and "uniform (K 5)" in uniform  # without / with K·D·ℓ(0)
+    few = [line for line in lines if line.startswith("| laplace / laplace | 0 | laplace | ")]
+    assert [line.split(" | ")[3] for line in few] == ["2", "5"]
+    assert "9.00 ± 1.00" in few[0]
+    # derived text: laplace lower bpd than gaussian (as the paper), FD worse, Fisher ratio
+    assert "agrees in sign" in text and "agrees (laplace worse)" in text
+    assert "measured ratio 1.900, ℓ''(0) = 2.000" in text
+    assert "Smoke run" not in text
+
+
+def test_markdown_marks_a_smoke_run():
+    result = _result([_unit("gaussian", "gaussian", "gaussian")])
+    result["overrides"] = {"train.num_steps": 2}
+    assert "**Smoke run, not results**" in table2.markdown(result)
+
+
+def test_units_add_the_second_training_seed_and_refuse_unknown_rows():
+    names = [u.name for u in table2.units()]
+    assert names == ["gaussian", "laplace", "uniform", "uniform_laplace", "student_t",
+                     "gaussian_seed1", "laplace_seed1"]
+    with pytest.raises(ValueError, match="unknown rows"):
+        table2.units(["cauchy"])
+
+
+def test_fisher_information_of_the_laws():
+    assert table2.fisher_information("gaussian") == pytest.approx(1.0, abs=1e-3)
+    assert table2.fisher_information("laplace") == pytest.approx(2.0, abs=1e-3)
+    # student_t(ν) scaled to unit variance: ν(ν + 1) / ((ν + 3)(ν - 2)) = 1.25 at ν = 5
+    assert table2.fisher_information("student_t:5") == pytest.approx(1.25, abs=1e-3)
+
+
 def test_missing_checkpoint_without_train_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="--train"):
         table2.run(str(tmp_path / "runs"), str(tmp_path / "out"), overrides=TINY)
-    assert not (tmp_path / "out" / "table2.json").exists()
+    assert not (tmp_path / "out" / "results.json").exists()
 
 
 def test_main_without_train_asks_for_it(tmp_path):
@@ -28,35 +105,31 @@ def test_main_without_train_asks_for_it(tmp_path):
         table2.main(["--root", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
 
 
-def test_markdown_has_a_line_per_row():
-    rows = {row: {"likelihood": {"bpd": 1.0, "se_examples": 0.01, "nfe_mean": 50.0},
-                  "walk_bound": {"total_bpd": 2.0},
-                  "walk_estimate": {"total_bpd": 2.5, "total_with_penalty_bpd": 3.0},
-                  "samples": {"energy_distance": 0.5, "nfe": 10.0}} for row in defaults.ROWS}
-    rows["laplace"].pop("likelihood")
-    lines = table2.markdown({"rows": rows, "paper_cifar10": table2.PAPER}).splitlines()
-    assert len(lines) == 2 + 4 and lines[1] == "|" + "---|" * 7
-    assert lines[2] == ("| gaussian / gaussian | 1.000 ± 0.010 | 2.000 | 3.00 | 0.5000 | 10 / 50 "
-                        "| 2.49, 1.98 |")
-    assert lines[3] == "| laplace / laplace | – | 2.000 | 3.00 | 0.5000 | 10 / – | 2.47, 2.44 |"
+def test_set_parses_values():
+    assert table2._parse_set(["train.num_steps=3", "sampling.law=model"]) == {
+        "train.num_steps": 3, "sampling.law": "model"}
+    with pytest.raises(ValueError, match="section.field=value"):
+        table2._parse_set(["num_steps=3"])
 
 
 @pytest.mark.slow
-def test_table2_trains_evaluates_and_writes_table_and_figure(tmp_path):
+def test_table2_command_trains_evaluates_and_writes_results(tmp_path):
     root, out = tmp_path / "runs", tmp_path / "out"
-    result = table2.run(str(root), str(out), train_missing=True, overrides=TINY)
-    assert list(result["rows"]) == ["gaussian", "laplace", "uniform", "uniform_laplace"]
-    # uniform/gaussian shares the gaussian/gaussian checkpoint, hence its likelihood model.
-    assert sorted(os.listdir(root / "digits_uniform" / "checkpoints")) == sorted(
-        os.listdir(root / "digits_gaussian" / "checkpoints"))
-    rows = result["rows"]
-    assert rows["uniform"]["walk_estimate"]["penalty_nats"] > 0
-    assert rows["gaussian"]["walk_estimate"]["penalty_nats"] == 0
-    assert rows["uniform"]["samples"]["law"] == "uniform"
-    for r in rows.values():
-        assert r["likelihood"]["num_examples"] == 10 and r["samples"]["num_samples"] == 8
-    table = (out / "table2.md").read_text().strip().splitlines()
-    assert len(table) == 2 + 4 and table[2].startswith("| gaussian / gaussian |")
-    written = json.loads((out / "table2.json").read_text())
-    assert written["rows"].keys() == rows.keys() and "nproc" in written["machine"]
+    sets = [f"--set={k}={v}" for k, v in TINY.items()]
+    result = table2.main(["--root", str(root), "--out", str(out), "--train", "--jobs", "2",
+                          "--rows", "gaussian,uniform", "--second-seed", "gaussian",
+                          "--sampling-seeds", "2", "--few-steps", "2", *sets])
+    names = [(u["row"], u["train_seed"]) for u in result["units"]]
+    assert names == [("gaussian", 0), ("uniform", 0), ("gaussian", 1)]
+    g, u, g1 = result["units"]
+    # uniform/gaussian shares the gaussian/gaussian checkpoint, hence its likelihood
+    assert u["likelihood"]["bpd"] == g["likelihood"]["bpd"] != g1["likelihood"]["bpd"]
+    assert u["sampling_law"] == "uniform" and u["walk_estimate"]["penalty_nats"] > 0
+    assert g["walk_bound"]["label"] == "bound" and "total_bpd" in g["walk_bound"]
+    assert sorted(g["sampling"], key=int) == ["2", "5"]
+    assert all(len(s["seeds"]) == 2 for s in g["sampling"].values())
+    text = (out / "results.md").read_text()
+    assert "Smoke run" in text and "| uniform / gaussian | 0 |" in text
+    written = json.loads((out / "results.json").read_text())
+    assert "nproc" in written["machine"] and written["wall_seconds"] > 0
     assert (out / "table2_samples.png").read_bytes()[:4] == b"\x89PNG"
