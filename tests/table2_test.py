@@ -2,6 +2,7 @@
 end to end with tiny digits models (slow)."""
 
 import json
+import math
 
 import pytest
 
@@ -90,6 +91,11 @@ def test_units_add_the_second_training_seed_and_refuse_unknown_rows():
 def test_fisher_information_of_the_laws():
     assert table2.fisher_information("gaussian") == pytest.approx(1.0, abs=1e-3)
     assert table2.fisher_information("laplace") == pytest.approx(2.0, abs=1e-3)
+    assert table2.fisher_information("logistic") == pytest.approx(math.pi ** 2 / 9, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_fisher_information_of_student_t():  # quadrature: a few seconds of compiling
     # student_t(ν) scaled to unit variance: ν(ν + 1) / ((ν + 3)(ν - 2)) = 1.25 at ν = 5
     assert table2.fisher_information("student_t:5") == pytest.approx(1.25, abs=1e-3)
 

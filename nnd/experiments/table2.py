@@ -110,7 +110,7 @@ def _config(unit: Unit, overrides: dict | None = None):
     return config
 
 
-def fisher_information(law: str, h: float = 1e-2) -> float:
+def fisher_information(law: str, h: float = 0.04) -> float:
     """ℓ''_{p,p}(0) of ``law`` from second differences of :func:`nnd.losses.shift_kl` at h and h/2
     (Richardson: a |u|³ term, as Laplace's, cancels)."""
     def second_difference(step):
