@@ -466,14 +466,16 @@ def agreement(result: dict) -> list[str]:
     fishers = [r["fisher"] for r in result["units"] if r.get("fisher")]
     if fishers:
         parts = [f"{f['law']} (row {r['q']}/{r['p']}, seed {r['train_seed']}): measured ratio "
-                 f"{f['ratio']:.3f}, ℓ''(0) = {f['fisher_information']:.3f}"
+                 f"{f['ratio']:.3f}, ℓ''(0) = {f['fisher_information']:.3f}: "
+                 + ("the factor shows" if abs(f["ratio"] / f["fisher_information"] - 1) < 0.1
+                    else "the factor does not show within 10%")
                  for r in result["units"] if (f := r.get("fisher"))]
         out.append("- **Fisher information on the bound's diffusion term.** For small shifts "
                    "ℓ_{p,p}(u) ≈ ½ ℓ''_{p,p}(0) u², so on one network the law-p walk's step "
                    "term should be ℓ''(0) times the Gaussian walk's. Ratio of the two step terms "
                    "on the same network: " + "; ".join(parts) + ". A ratio near ℓ''(0) means the "
-                   "steps are in the quadratic regime and the factor shows; a ratio away from "
-                   "it means the shifts u are not small at this K.")
+                   "steps are in the quadratic regime; a ratio away from it means the shifts u "
+                   "are not small at this K (or the two walks visit different x_t).")
     out.append("- **Not comparable.** The paper's Table 2 is CIFAR-10 (bpd from the VDM "
                "architecture, a VLB protocol with augmentation; FID from the EDM one); this table "
                "is 8×8 digits with a small network, pf-ode bpd and FD in a digits classifier's "
