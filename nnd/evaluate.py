@@ -292,16 +292,25 @@ def _pictures(config, run: Restored, key, out_dir) -> dict[str, bytes]:
         panels, out_dir / "samples_by_law.png",
         f"{config.data.name}: trained with q={experiment.q}, p={experiment.p}; "
         f"reverse walk, K={config.sampling.num_steps}, one seed, increment law per panel")}
-    u = np.linspace(-3.0, 3.0, 241, dtype=np.float32)
-    pairs = list(TABLE1_PAIRS)
-    own = (str(experiment.q), str(experiment.p))
-    if own not in pairs:
-        pairs.append(own)
-    curves = {f"{q}/{p}": (u, np.asarray(losses.shift_kl(q, p, u))) for q, p in pairs}
+    curves, own = shift_kl_curves(experiment.q, experiment.p)
     pngs["shift_kl.png"] = pictures.shift_kl_png(
         curves, out_dir / "shift_kl.png", "Table 1: per-coordinate KL of a shifted step",
-        highlight=f"{own[0]}/{own[1]}")
+        highlight=own)
     return pngs
+
+
+def shift_kl_curves(q, p) -> tuple[dict, str]:
+    """ℓ(u) on u ∈ [-3, 3] for the Table 1 pairs and the run's own (q, p) laws.
+
+    Returns ({"q/p": (u, ℓ(u))}, the label of the run's own pair). The laws are passed as
+    laws, not as their printed names (``student_t(df=5)`` is a label, not a spec).
+    """
+    u = np.linspace(-3.0, 3.0, 241, dtype=np.float32)
+    curves = {f"{a}/{b}": (u, np.asarray(losses.shift_kl(a, b, u))) for a, b in TABLE1_PAIRS}
+    own = f"{q}/{p}"
+    if own not in curves:
+        curves[own] = (u, np.asarray(losses.shift_kl(q, p, u)))
+    return curves, own
 
 
 def evaluate(config, workdir: str) -> dict:

@@ -217,3 +217,15 @@ def test_fid_is_computed_and_its_reference_cached(tmp_path, monkeypatch):
 def test_shift_kl_pairs_are_table_1():
     for q, p in evaluate.TABLE1_PAIRS:
         assert losses.has_closed_form(q, p)
+
+
+def test_shift_kl_curves_take_parameterised_laws():
+    # A run with student_t:5 laws drew shift_kl.png from str(law) = "student_t(df=5)",
+    # which the law parser refuses: --mode=eval of such a run failed.
+    from nnd import increments
+    law = increments.parse("student_t:5")
+    curves, own = evaluate.shift_kl_curves(law, law)
+    assert own == "student_t(df=5)/student_t(df=5)" and own in curves
+    u, ell = curves[own]
+    assert ell.shape == u.shape and np.all(np.isfinite(ell)) and abs(ell[120]) < 1e-6
+    assert len(evaluate.shift_kl_curves(increments.parse("gaussian"), increments.parse("gaussian"))[0]) == len(curves) - 1

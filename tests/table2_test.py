@@ -2,6 +2,7 @@
 end to end with tiny digits models (slow)."""
 
 import json
+import os
 import math
 
 import pytest
@@ -139,3 +140,17 @@ def test_table2_command_trains_evaluates_and_writes_results(tmp_path):
     written = json.loads((out / "results.json").read_text())
     assert "nproc" in written["machine"] and written["wall_seconds"] > 0
     assert (out / "table2_samples.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_finished_unit_is_reused_only_with_the_same_settings(tmp_path):
+    unit = table2.Unit("laplace", 1)
+    settings = table2._settings(share=True, overrides={}, sampling_seeds=3, few_steps=(10, 30, 100))
+    assert table2.finished_unit(str(tmp_path), unit, settings) is None
+    os.makedirs(unit.workdir(str(tmp_path)))
+    path = os.path.join(unit.workdir(str(tmp_path)), table2.UNIT_JSON)
+    with open(path, "w") as f:
+        json.dump({"row": "laplace", "train_seed": 1, "settings": settings}, f)
+    assert table2.finished_unit(str(tmp_path), unit, settings)["train_seed"] == 1
+    other = {**settings, "sampling_seeds": 5}
+    with pytest.raises(ValueError, match="computed with"):
+        table2.finished_unit(str(tmp_path), unit, other)

@@ -25,7 +25,10 @@ Each unit runs in-process (``--jobs 1``) or in its own subprocess (``--jobs N``)
 ``<workdir>/table2_unit.json``; the parent assembles ``OUT/results.md`` (tables, the
 command, the machine, the wall time, the paper's CIFAR-10 numbers and what agrees with
 them), ``OUT/results.json`` and ``OUT/table2_samples.png``. Progress: one line per unit
-and phase with its elapsed time.
+and phase with its elapsed time. A unit whose JSON is already there with the same settings
+is reused, so an interrupted run resumes where it stopped and units computed elsewhere
+(on a GPU machine) can be assembled by the same command; ``docs/results.md`` says where
+each unit ran.
 
 Run (the digits defaults; ``--set section.field=value`` shrinks a smoke run)::
 
@@ -184,7 +187,7 @@ def run_unit(root: str, unit: Unit, *, train_missing: bool = False, share: bool 
         phase = time.perf_counter()
         _, levels = evaluate.held_out(config, config.eval.num_examples)
         gaussian = _gaussian_steps(config, restored, levels)
-        fisher = {"law": str(e.p), "fisher_information": fisher_information(str(e.p)),
+        fisher = {"law": str(e.p), "fisher_information": fisher_information(e.p),
                   "steps_nats": metrics["walk_bound"]["steps_nats"],
                   "gaussian_steps_nats": gaussian,
                   "ratio": metrics["walk_bound"]["steps_nats"] / gaussian}
@@ -221,8 +224,39 @@ def run_unit(root: str, unit: Unit, *, train_missing: bool = False, share: bool 
         "fisher": fisher, "sampling": sampling,
         "classifier": {"accuracy": classifier.accuracy, "seed": classifier.seed},
         "seconds": times, "backend": jax.default_backend(),
+        "settings": _settings(share=share, overrides=overrides, sampling_seeds=sampling_seeds,
+                              few_steps=few_steps),
+        "machine": machine.describe(), "argv": sys.argv,
     }
     paths.write(os.path.join(workdir, UNIT_JSON), json.dumps(result, indent=2))
+    return result
+
+
+def _settings(*, share: bool, overrides: dict | None, sampling_seeds: int,
+              few_steps: Sequence[int]) -> dict:
+    """What a unit's figures depend on beyond its row and seed (compared before reuse)."""
+    return {"share": share, "overrides": overrides or {}, "sampling_seeds": sampling_seeds,
+            "few_steps": list(few_steps)}
+
+
+def finished_unit(root: str, unit: Unit, settings: dict) -> dict | None:
+    """The unit's saved result if it was computed with ``settings``, else None.
+
+    A rerun of the command reuses finished units (nothing is lost when a long run is
+    interrupted, and units computed on another machine can be assembled here); a unit
+    saved with other settings raises instead of mixing them into one table.
+    """
+    path = paths.get(os.path.join(unit.workdir(root), UNIT_JSON))
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    saved = result.get("settings")
+    if saved is None:  # saved before units recorded their settings: the defaults' only
+        saved = _settings(share=True, overrides={}, sampling_seeds=3, few_steps=FEW_STEPS)
+        saved["share"] = settings["share"]
+    if saved != settings:
+        raise ValueError(f"{path} was computed with {saved}, not {settings}; "
+                         "move it aside or use another --root")
     return result
 
 
@@ -285,19 +319,25 @@ def run(root: str, out: str, *, rows: Sequence[str] = tuple(ROWS),
     start = time.perf_counter()
     if jobs < 1 or sampling_seeds < 1:
         raise ValueError(f"jobs and sampling_seeds must be >= 1, got {jobs}, {sampling_seeds}")
-    todo = units(rows, second_seed=second_seed)
+    every = units(rows, second_seed=second_seed)
+    settings = _settings(share=share, overrides=overrides, sampling_seeds=sampling_seeds,
+                         few_steps=few_steps)
+    done = {u: r for u in every if (r := finished_unit(root, u, settings)) is not None}
+    for unit in done:
+        _progress(f"{unit.name}: reused {os.path.join(unit.workdir(root), UNIT_JSON)}")
+    todo = [u for u in every if u not in done]
     for unit in todo:
         if not _checkpoint_ready(root, unit, train_missing=train_missing, share=share):
             raise FileNotFoundError(f"no checkpoint in {unit.workdir(root)}; pass --train")
     options = dict(train_missing=train_missing, share=share, overrides=overrides,
                    sampling_seeds=sampling_seeds, few_steps=tuple(few_steps))
-    if jobs == 1:
+    if jobs == 1 or not todo:
         results = {}
         for unit in sorted(todo, key=lambda u: u.seed == 0 and u.row in SHARED):
             results[unit] = run_unit(root, unit, **options)
-        results = {unit: results[unit] for unit in todo}
     else:
         results = _run_parallel(root, todo, jobs, **options)
+    results = {unit: done.get(unit) or results[unit] for unit in every}
     result = {
         "units": list(results.values()), "overrides": overrides or {},
         "sampling_seeds": sampling_seeds, "few_steps": list(few_steps),
@@ -314,8 +354,8 @@ def run(root: str, out: str, *, rows: Sequence[str] = tuple(ROWS),
     paths.write(out_root / "results.json", json.dumps(result, indent=2))
     paths.write(out_root / "results.md", text)
     panels = {}
-    for r in result["units"]:
-        panel = paths.get(os.path.join(r["workdir"], PANEL_NPZ))
+    for unit, r in results.items():
+        panel = paths.get(os.path.join(unit.workdir(root), PANEL_NPZ))
         if r["train_seed"] == 0 and panel.exists():
             with panel.open("rb") as f:
                 panels[f"{r['q']}/{r['p']} ({r['sampling_law']} steps)"] = np.load(f)["samples"]
@@ -440,9 +480,9 @@ def agreement(result: dict) -> list[str]:
                        spread("laplace", lambda r: _fd(r)[0]),
                        *[2 * _fd(r)[1] for r in rows["gaussian"] + rows["laplace"]])
         dfd = np.mean(fb) - np.mean(fa)
-        verdict = ("agrees (laplace worse)" if dfd > fd_noise else
-                   "is within the noise here" if abs(dfd) <= fd_noise else
-                   "is reversed (laplace better)")
+        verdict = ("the paper's ordering agrees (laplace worse)" if dfd > fd_noise else
+                   "the difference is within the noise here" if abs(dfd) <= fd_noise else
+                   "the paper's ordering is reversed (laplace better)")
         out.append(f"- **Sample quality, laplace vs gaussian.** The paper's FID is worse for "
                    f"laplace/laplace (2.44 vs 1.98). Here FD differs by {dfd:+.2f} (noise scale "
                    f"{fd_noise:.2f}: training-seed spread or twice the sampling-seed std): "
@@ -484,6 +524,27 @@ def agreement(result: dict) -> list[str]:
     return out
 
 
+def _provenance(units_: list, here: dict) -> list[str]:
+    """Where the units were computed, when not all on the machine that wrote the table."""
+    where = {}
+    for r in units_:
+        line = (machine.machine_line(r["machine"]) if r.get("machine")
+                else f"a {r.get('backend', '?')} machine (unit saved without its description)")
+        where.setdefault(line, []).append(_unit_name(r))
+    if list(where) == [machine.machine_line(here)]:
+        return []
+    out = ["", "Units reused from earlier runs of the command (each unit's own JSON records it):"]
+    for line, names in where.items():
+        seconds = sum(sum(r.get("seconds", {}).values()) for r in units_ if _unit_name(r) in names)
+        out.append(f"- {', '.join(names)}: {line}; {seconds / 60:.1f} unit-minutes "
+                   "(train + evaluate + sampling, summed over these units)")
+    return out
+
+
+def _unit_name(r: dict) -> str:
+    return Unit(r["row"], r["train_seed"]).name
+
+
 def markdown(result: dict) -> str:
     """The whole ``results.md``: tables, paper figures, what agrees, command and machine."""
     units_ = result["units"]
@@ -493,6 +554,7 @@ def markdown(result: dict) -> str:
         f"Made by `{result['command']}` in {result['wall_seconds'] / 60:.1f} min on "
         f"{machine.machine_line(result['machine'])} ({result.get('jobs', 1)} parallel jobs).",
     ]
+    lines += _provenance(units_, result["machine"])
     if result.get("overrides"):
         lines += ["", f"**Smoke run, not results**: config overrides {result['overrides']}."]
     lines += [
