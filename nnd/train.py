@@ -287,15 +287,15 @@ def train(config, workdir: str, *, batches=None, mesh=None) -> TrainState:
     """Trains from scratch or resumes from ``workdir/checkpoints``; returns the final state.
 
     ``batches`` defaults to :func:`nnd.data.make_batches` of the config's dataset,
-    ``mesh`` to all devices. Robustness: the config is validated before anything
-    is created, the workdir checked before anything compiles; SIGTERM saves a checkpoint at the current step and returns (rerun to
-    resume, bit-identically); a non-finite loss or gradient raises
-    :class:`NonFiniteError` (a FloatingPointError) naming the step and the last good
-    checkpoint (no checkpoint is written after it) unless ``train.skip_nonfinite``,
-    which skips such steps and counts them. On a resume from step s, records of
-    steps after s (``metrics.jsonl``, TensorBoard) are dropped first: they describe
-    steps that are about to be trained again. A disk that
-    fills mid-run raises :class:`nnd.checkpoints.WorkdirError` naming the workdir and
+    ``mesh`` to all devices. Robustness: the config is validated before anything is
+    created, the workdir checked before anything compiles; SIGTERM saves a checkpoint
+    at the current step and returns (rerun to resume, bit-identically); a non-finite
+    loss or gradient raises :class:`NonFiniteError` (a FloatingPointError) naming the
+    step and the last good checkpoint (no checkpoint is written after it) unless
+    ``train.skip_nonfinite``, which skips such steps and counts them. On a resume from
+    step s, records of steps after s (``metrics.jsonl``, TensorBoard) are dropped
+    first: they describe steps that are about to be trained again. A disk that fills
+    mid-run raises :class:`nnd.checkpoints.WorkdirError` naming the workdir and
     the last good checkpoint. ``workdir`` may be local or remote (gs://).
     """
     started = time.time()

@@ -193,7 +193,7 @@ def _full_mixture():
                        np.einsum("jab,jcb->jac", a, a) + 0.05 * np.eye(3))
 
 
-@pytest.mark.fast_first
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 @pytest.mark.parametrize("mixture", ["full", "gmm8"])
 def test_gaussian_minimiser_is_the_posterior_mean(mixture):
     gmm = oracles.gmm8() if mixture == "gmm8" else _full_mixture()
@@ -207,6 +207,7 @@ def test_gaussian_minimiser_is_the_posterior_mean(mixture):
                                np.asarray(eps_star), atol=2e-6)
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 def test_minimiser_of_a_symmetric_posterior_is_its_mean():
     # One-component data: the posterior of ε is Gaussian, so every symmetric ℓ has
     # the posterior mean as its minimiser (no bias at any K).
@@ -351,6 +352,7 @@ def test_plot_writes_a_png(tmp_path):
     assert data[:8] == _PNG_SIGNATURE and len(data) > 10_000
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 def test_run_measures_every_pair_and_k(monkeypatch):
     # Training stubbed by the exact oracle and the untrained net by zero (both are run
     # for real in the slow end-to-end test): what run() adds is the bookkeeping.

@@ -117,6 +117,7 @@ def test_toy_eval_writes_every_file(tmp_path, caplog):
         tmp_path / "eval" / "samples.png").read_bytes()
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 def test_eval_walk_sum_counts_the_penalty_for_mismatched_laws(tmp_path):
     config = _tiny_toy_config()
     config.loss.q, config.loss.p = "uniform", "laplace"

@@ -76,6 +76,7 @@ def test_more_steps_get_closer_to_data(tiny_run):
         assert abs(fine["blob_width"] - result["data_blob_width"]) < 0.01
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 def test_run_draws_each_walk_from_its_documented_key():
     # The walk for (law, K) uses fold_in(fold_in(walks_key, crc32(law)), K), whatever
     # the place of the law in --laws.
@@ -187,6 +188,7 @@ def test_settings_refuse_an_unknown_scheme_or_grid():
         invariance.Settings(grid="edm")
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 def test_make_walk_uses_the_scheme_and_grid(tmp_path):
     process, gmm = processes.get("vp"), oracles.gmm8()
     score = oracles.gmm_score(process, gmm)

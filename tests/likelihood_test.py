@@ -135,6 +135,7 @@ def test_divergence_fn_matches_jacobian_trace():
                                rtol=1e-5)
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 def test_log_prob_works_on_image_shaped_inputs():
     """x [B, H, W, C]: the divergence runs over all H·W·C coordinates of each example."""
     mu, var = np.zeros(8), np.ones(8)

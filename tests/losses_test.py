@@ -372,9 +372,20 @@ def _assert_finite_gradients(pair, u):
     assert not bad.any(), f"{_pair_id(pair)}: ∂ℓ/∂u not finite at u = {u[bad][:8]} ({bad.sum()} of {u.size})"
 
 
-@pytest.mark.parametrize("pair", FINITE_QUADRATURE_PAIRS + FINITE_CLOSED_PAIRS, ids=_pair_id)
+@pytest.mark.parametrize("pair", FINITE_QUADRATURE_PAIRS, ids=_pair_id)
 def test_gradient_is_finite_at_training_shifts(pair):
     # The fast tier: 10^4 shifts per pair (the slow tier below takes 10^6).
+    _assert_finite_gradients(pair, training_shifts(10_000))
+
+
+# student_t:5/laplace first: its closed form had a NaN gradient at u = 0 (0 · the infinite
+# derivative of betainc), as gennorm/laplace had through gammainc.
+CLOSED_PAIRS_HARDEST_FIRST = sorted(FINITE_CLOSED_PAIRS, key=lambda pair: pair != ("student_t:5", "laplace"))
+
+
+@pytest.mark.fast_first
+@pytest.mark.parametrize("pair", CLOSED_PAIRS_HARDEST_FIRST, ids=_pair_id)
+def test_closed_form_gradient_is_finite_at_training_shifts(pair):
     _assert_finite_gradients(pair, training_shifts(10_000))
 
 

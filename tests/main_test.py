@@ -18,6 +18,7 @@ def _main(*args):
                           text=True, timeout=600)
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 def test_law_specs_and_process_parameters_train_a_toy_from_the_command_line(tmp_path):
     result = _main("--config=configs/toy_gaussian.py", f"--workdir={tmp_path}",
                    "--config.loss.q=student_t:5", "--config.loss.p=gaussian",
@@ -65,6 +66,7 @@ app.run(main.main)
 """
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 def test_a_disk_that_fills_mid_run_prints_one_line_naming_the_last_good_checkpoint(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", _FULL_DISK_CHILD, "--config=configs/toy_gaussian.py",

@@ -47,7 +47,7 @@ WIDE = {
 
 
 # 32×32 inputs and the wider nets each cost several seconds of compilation on a CPU.
-_SLOW = {"vdm_cifar", "unet_cifar", "vdm_wide", "unet_wide", "vdm_digits_config"}
+_SLOW = {"vdm_cifar", "unet_cifar", "vdm_wide", "unet_wide", "vdm_digits_config", "unet_digits"}
 
 
 def _cases(*names):
@@ -234,6 +234,7 @@ def _unrolled_vdmnet(model, params, x, t):
     return apply(nn.Conv(x.shape[-1], (3, 3)), "Conv_1", h)
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 def test_vdmnet_scan_equals_the_unrolled_network():
     model = models.VDMNet(channels=8, num_blocks=3, embed_dim=8, dropout=0.0, scan=True)
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
@@ -298,6 +299,7 @@ def test_remat_changes_neither_parameters_nor_outputs_nor_gradients():
             np.testing.assert_allclose(np.asarray(v), np.asarray(u), rtol=1e-4, atol=1e-5 * scale)
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 def test_bfloat16_compute_keeps_float32_parameters_and_output():
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
     t = jnp.array([0.2, 0.7])
@@ -423,6 +425,7 @@ def test_tapwise_conv_module_is_flax_conv():
     _same_function(models.TapwiseConv(5, (3, 3)), nn.Conv(5, (3, 3)), x)
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 def test_scanned_network_needs_no_native_kernel_gradient_in_its_loop():
     # XLA:CPU's kernel-gradient convolution is 40x slower inside a loop: the scanned
     # network's backward pass has only forward-shaped convolutions (input gradients)
