@@ -63,6 +63,7 @@ def test_gaussian_data_log_prob(dim):
     assert np.max(np.abs(lp - exact_data)) / dim < 2e-2
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 def test_mixture_log_prob():
     """Acceptance: the 2-D gmm8 mixture within 2e-2 nats/dim of its exact density at t_eps."""
     gmm = oracles.gmm8()

@@ -166,6 +166,7 @@ def test_jit_matches_eager(name):
     np.testing.assert_allclose(jitted, eager, rtol=1e-4, atol=1e-5 * np.abs(eager).max())
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 def test_vdmnet_dropout_in_training_only():
     # the same architecture as "vdm_digits" (dropout has no parameters), with p = 0.5
     _, params, x, t, no_dropout_apply = _setup("vdm_digits")

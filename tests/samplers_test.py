@@ -69,6 +69,7 @@ def test_the_law_drives_walk_and_corrector_noise(setup):
         assert not np.allclose(a, b)
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 def test_walk_sampler_equals_the_reverse_walk(setup):
     from nnd import walks  # noqa: PLC0415
 

@@ -323,6 +323,7 @@ def test_reverse_return_path(gmm_setup):
                                rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 def test_reverse_denoise_keys_and_determinism(gmm_setup):
     p, _, score, _ = gmm_setup
     law = increments.get("uniform")
