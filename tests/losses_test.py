@@ -366,8 +366,14 @@ def _grad_fn(q, p):
     return jax.jit(jax.vmap(jax.grad(lambda v: losses.shift_kl(q, p, v))))
 
 
-def _assert_finite_gradients(pair, u):
-    grad = np.asarray(_grad_fn(*pair)(jnp.asarray(u)))
+def _assert_finite_gradients(pair, u, chunk=1 << 15):
+    # Fixed-size chunks (the last padded with zeros, a shift the set already holds): one
+    # compile per pair, and memory bounded by the chunk (10^6 shifts at once took 14 GB
+    # of the quadrature's nodes and killed CI).
+    grad_fn, chunk = _grad_fn(*pair), min(chunk, u.size)
+    padded = np.concatenate([u, np.zeros(-u.size % chunk, u.dtype)])
+    grad = np.concatenate([np.asarray(grad_fn(jnp.asarray(part)))
+                           for part in np.split(padded, padded.size // chunk)])[:u.size]
     bad = ~np.isfinite(grad)
     assert not bad.any(), f"{_pair_id(pair)}: ∂ℓ/∂u not finite at u = {u[bad][:8]} ({bad.sum()} of {u.size})"
 
