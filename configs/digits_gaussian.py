@@ -1,13 +1,12 @@
-"""the bundled 8x8 digits, Table 2 row q/p = gaussian/gaussian.
+"""scikit-learn's bundled 8x8 digits, Table 2 row q/p = gaussian/gaussian: every field is in
+``nnd.defaults.digits``. No download; about 10 minutes for 2000 steps on 2 CPU cores
+(measured: 9 min 41 s for uniform/laplace).
 
-Launch:
   python -m nnd.main --config=configs/digits_gaussian.py --workdir=runs/digits_gaussian
-Target hardware: 2 CPU cores.
-Expected time: about 10 minutes for 2000 steps on 2 CPU cores (measured: 9 min 41 s).
 """
 
 from nnd import defaults
 
 
 def get_config():
-    return defaults.image("digits", "gaussian")
+    return defaults.digits("gaussian")

@@ -1,13 +1,12 @@
-"""the bundled 8x8 digits, Table 2 row q/p = laplace/laplace.
+"""scikit-learn's bundled 8x8 digits, Table 2 row q/p = laplace/laplace: every field is in
+``nnd.defaults.digits``. No download; about 10 minutes for 2000 steps on 2 CPU cores
+(measured: 9 min 41 s for uniform/laplace).
 
-Launch:
   python -m nnd.main --config=configs/digits_laplace.py --workdir=runs/digits_laplace
-Target hardware: 2 CPU cores.
-Expected time: about 10 minutes for 2000 steps on 2 CPU cores (measured: 9 min 41 s).
 """
 
 from nnd import defaults
 
 
 def get_config():
-    return defaults.image("digits", "laplace")
+    return defaults.digits("laplace")

@@ -1,18 +1,13 @@
-"""MNIST, Table 2 row q/p = uniform/laplace.
+"""MNIST, Table 2 row q/p = uniform/laplace: every field is in ``nnd.defaults.mnist``.
 
-Data (once per disk, before the first run; see launch/README.md):
-  python -m nnd.data prepare mnist
-Launch:
+  python -m nnd.data prepare mnist   # once per disk (launch/README.md)
   python -m nnd.main --config=configs/mnist_uniform_laplace.py --workdir=runs/mnist_uniform_laplace
-Target hardware: one GPU.
-Expected time (ESTIMATES from `--mode=compile` of mnist_uniform, the same network and batch:
-train step memory per chip, FLOP, time to 100,000 steps at MFU 0.3; docs/tpu.md):
-  v4-8 (4 chips): 0.3 GiB of 32 per chip, 8.60e+11 FLOP/step, est. 2.6 ms/step, 4 min
-  python -m nnd.main --config=configs/mnist_uniform_laplace.py --workdir=DIR --mode=compile --topology=v4-8
+
+One GPU; sizes and time per step: docs/tpu.md.
 """
 
 from nnd import defaults
 
 
 def get_config():
-    return defaults.image("mnist", "uniform_laplace")
+    return defaults.mnist("uniform_laplace")

@@ -15,9 +15,9 @@
 #   --gpus=GPUS                sets CUDA_VISIBLE_DEVICES, e.g. 0,1,2,3 (default: keep the
 #                              environment's CUDA_VISIBLE_DEVICES, i.e. all GPUs if unset)
 #   --install (INSTALL=1)      create VENV if missing and pip install requirements.txt and
-#                              JAX_SPEC into it first
+#                              JAX_PIP into it first
 #   --venv=VENV                virtual environment (default: .venv)
-#   --jax-spec=JAX_SPEC        pip requirement for jax on GPU (default: jax[cuda12])
+#   --jax-spec=JAX_PIP        pip requirement for jax on GPU (default: jax[cuda12])
 #   --python=PYTHON            Python (3.11 or later) that creates VENV (default: python3)
 #   --background (BACKGROUND=1)  run under nohup, output appended to LOG_FILE; the run
 #                              survives a closed terminal or ssh session
@@ -37,7 +37,7 @@ MODE="${MODE:-train}"
 GPUS="${GPUS:-}"
 INSTALL="${INSTALL:-0}"
 VENV="${VENV:-.venv}"
-JAX_SPEC="${JAX_SPEC:-jax[cuda12]}"
+JAX_PIP="${JAX_PIP:-jax[cuda12]}"
 PYTHON="${PYTHON:-python3}"
 BACKGROUND="${BACKGROUND:-0}"
 LOG_FILE="${LOG_FILE:-}"
@@ -59,7 +59,7 @@ if [[ "$INSTALL" == 1 ]]; then
     run "$PYTHON" -m venv "$VENV"
   fi
   run "$VENV/bin/python" -m pip install --upgrade pip
-  run "$VENV/bin/python" -m pip install -r requirements.txt "$JAX_SPEC"
+  run "$VENV/bin/python" -m pip install -r requirements.txt "$JAX_PIP"
 elif [[ "$DRY_RUN" != 1 && ! -x "$VENV/bin/python" ]]; then
   die "no $VENV/bin/python: pass --install to create it"
 fi

@@ -14,7 +14,7 @@
 #   --branch=BRANCH            branch or tag to clone when REPO is a git URL (default: main)
 #   --python-version=PYTHON_VERSION  Python of the venv (default: 3.11; the TPU images ship
 #                              3.10, so uv fetches it)
-#   --jax-spec=JAX_SPEC        pip requirement for jax on TPU (default: jax[tpu])
+#   --jax-spec=JAX_PIP        pip requirement for jax on TPU (default: jax[tpu])
 #   --prepare=PREPARE          image datasets to prepare on every worker after the install,
 #                              e.g. cifar10 or "cifar10 mnist" (python -m nnd.data prepare; into
 #                              ~/tensorflow_datasets, where training reads them) (default: none)
@@ -38,11 +38,11 @@ tpu_settings
 REPO="${REPO:-$NND_ROOT}"
 BRANCH="${BRANCH:-main}"
 PYTHON_VERSION="${PYTHON_VERSION:-3.11}"
-JAX_SPEC="${JAX_SPEC:-jax[tpu]}"
+JAX_PIP="${JAX_PIP:-jax[tpu]}"
 PREPARE="${PREPARE:-}"
 DATA_CACHE="${DATA_CACHE:-}"
 parse_flags "project zone tpu-name repo branch python-version jax-spec prepare data-cache" "" "$@"
-require PROJECT ZONE TPU_NAME REPO BRANCH PYTHON_VERSION JAX_SPEC
+require PROJECT ZONE TPU_NAME REPO BRANCH PYTHON_VERSION JAX_PIP
 read -r -a datasets <<<"$PREPARE"
 for name in ${datasets[@]+"${datasets[@]}"}; do
   [[ "$name" == cifar10 || "$name" == mnist ]] ||
@@ -75,7 +75,7 @@ else
 fi
 
 # 2. Python and the packages: uv installs a Python the image lacks, then the requirements.
-tpu_ssh all "export PATH=\"\$HOME/.local/bin:\$PATH\"; { command -v uv >/dev/null || python3 -m pip install --user --quiet uv || { sudo apt-get update -q && sudo apt-get install -y -q python3-pip && python3 -m pip install --user --quiet uv; }; } && { [ -x $venv/bin/python ] || uv venv --python $(quote "$PYTHON_VERSION") $venv; } && uv pip install --python $venv/bin/python -r $dir/requirements.txt $(quote "$JAX_SPEC")"
+tpu_ssh all "export PATH=\"\$HOME/.local/bin:\$PATH\"; { command -v uv >/dev/null || python3 -m pip install --user --quiet uv || { sudo apt-get update -q && sudo apt-get install -y -q python3-pip && python3 -m pip install --user --quiet uv; }; } && { [ -x $venv/bin/python ] || uv venv --python $(quote "$PYTHON_VERSION") $venv; } && uv pip install --python $venv/bin/python -r $dir/requirements.txt $(quote "$JAX_PIP")"
 
 # 3. A check that needs no TPU (a pod slice's TPUs start only when every worker runs jax).
 tpu_ssh all "cd $dir && \"\$HOME\"/$venv/bin/python -c 'import jax, flax, nnd.main; print(\"nnd ok: jax\", jax.__version__)'"

@@ -285,10 +285,11 @@ def compile_report(config, topology: str | Topology, *, programs=("train_step", 
     one_chip = SingleDeviceSharding(devices[0])
     if "train_step" in programs:
         example = jnp.zeros((1,) + shape, jnp.float32)
-        step_fn, state, batch_sharding, _, _ = train.jit_train_step(config, experiment, mesh, example)
-        args = (state, jax.ShapeDtypeStruct((batch,) + shape, jnp.float32, sharding=batch_sharding),
+        jitted = train.jit_train_step(experiment, mesh, example)
+        args = (jitted.abstract_state,
+                jax.ShapeDtypeStruct((batch,) + shape, jnp.float32, sharding=jitted.batch_sharding),
                 _key(NamedSharding(mesh, P())))
-        result = _compile("train step", step_fn, args, hbm)
+        result = _compile("train step", jitted.step_fn, args, hbm)
         result["flops_per_example"] = result["flops"] / batch
         report["programs"]["train_step"] = result
     params = None

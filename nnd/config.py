@@ -15,15 +15,29 @@ import flax.linen as nn
 
 from nnd import data, increments, likelihood, losses, models, processes, samplers, walks
 
-__all__ = ["ConfigError", "Experiment", "resolve", "DATASETS"]
+__all__ = ["ConfigError", "Experiment", "Optim", "resolve", "DATASETS"]
 
 #: Dataset names the data module knows.
 DATASETS = data.DATASETS
 
 
 @dataclasses.dataclass(frozen=True)
+class Optim:
+    """The optimiser and the training length: what the train step needs from a config."""
+
+    learning_rate: float
+    warmup_steps: int
+    grad_clip: float
+    weight_decay: float
+    ema_decay: float
+    train_steps: int
+    skip_nonfinite: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class Experiment:
-    """What the math needs from a config: process, laws, K, the network and how to sample."""
+    """What the math needs from a config: process, laws, K, the network, how to sample and
+    how to optimise; ``seed`` is the run's root key."""
 
     process: processes.Process
     q: increments.Law
@@ -32,6 +46,8 @@ class Experiment:
     num_steps: int
     model: nn.Module
     sampling: samplers.Settings
+    optim: Optim
+    seed: int
 
 
 class ConfigError(ValueError):
@@ -183,4 +199,10 @@ def resolve(config, num_devices: int = 1) -> Experiment:
                                  num_steps=s.num_steps, denoise=bool(s.denoise),
                                  snr=float(s.snr), corrector_steps=s.corrector_steps,
                                  rtol=float(s.rtol), atol=float(s.atol), batch_size=s.batch_size)
-    return Experiment(process, q, p, sampling_law, num_steps, model, sampling)
+    o = config.optim
+    optim = Optim(learning_rate=float(o.learning_rate), warmup_steps=int(o.warmup_steps),
+                  grad_clip=float(o.grad_clip), weight_decay=float(o.weight_decay),
+                  ema_decay=float(o.ema_decay), train_steps=int(config.train.num_steps),
+                  skip_nonfinite=bool(config.train.skip_nonfinite))
+    return Experiment(process, q, p, sampling_law, num_steps, model, sampling, optim,
+                      int(config.seed))

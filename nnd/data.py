@@ -26,7 +26,7 @@ one preparation between the hosts of a slice (see :func:`prepare`).
 
 Toys (2-D, drawn fresh from a key):
 
-- ``gmm8``: 8 Gaussians on the unit circle, std 0.1 (SPEC §6; exact score known).
+- ``gmm8``: 8 Gaussians on the unit circle, std 0.1 (docs/math.md §6; exact score known).
 - ``checkerboard``: uniform on the black squares of a 4×4 board on [-2, 2]².
 - ``moons``: two interleaved half circles with Gaussian noise 0.05 (scaled to ≈ unit).
 - ``swissroll``: a 2-D swiss roll with noise 0.05 (scaled to ≈ unit).

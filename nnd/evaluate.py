@@ -169,7 +169,7 @@ def _likelihood(config, run: Restored, x, levels, key) -> dict:
     if any(unfinished):
         raise FloatingPointError("likelihood: the adaptive solver ran out of steps "
                                  f"({sum(unfinished)} batches); loosen eval.rtol/atol")
-    result.update(divergence=likelihood._resolve_divergence(e.divergence, dim), solver=e.solver,
+    result.update(divergence=likelihood.resolve_divergence(e.divergence, dim), solver=e.solver,
                   rtol=e.rtol, atol=e.atol, nfe_mean=float(np.mean(nfes)),
                   seconds=time.time() - start)
     return result

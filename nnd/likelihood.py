@@ -36,10 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnd import batching, data, increments, losses, ode, samplers, walks
+from nnd import batching, increments, losses, ode, samplers, walks
 from nnd import processes as processes_lib
 
-__all__ = ["DIVERGENCES", "divergence_fn", "log_prob", "log_prob_with_stats", "bits_per_dim",
+__all__ = ["DIVERGENCES", "resolve_divergence", "divergence_fn", "log_prob", "log_prob_with_stats", "bits_per_dim",
            "dataset_bpd", "gaussian_step_kl", "is_bound", "kernel_gap", "posterior_kernel",
            "reverse_kernel", "walk_bound", "walk_estimate"]
 
@@ -49,7 +49,8 @@ DIVERGENCES = ("auto", "exact", "rademacher", "gaussian")
 EXACT_MAX_DIM = 64
 
 
-def _resolve_divergence(method: str, dim: int) -> str:
+def resolve_divergence(method: str, dim: int) -> str:
+    """The estimator ``method`` names for D = ``dim``: ``auto`` is exact up to EXACT_MAX_DIM."""
     if method not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {method!r}")
     if method == "auto":
@@ -125,7 +126,7 @@ def log_prob_with_stats(process: processes_lib.Process, score_fn: processes_lib.
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.float32)
     dim = math.prod(x.shape[1:])
-    method = _resolve_divergence(divergence, dim)
+    method = resolve_divergence(divergence, dim)
     probe = _probe(key, method, x.shape, x.dtype)
     div = divergence_fn(samplers.pf_ode_field(process, score_fn), method, probe)
 
@@ -181,6 +182,12 @@ def bits_per_dim(log_prob_nats, dim: int, num_levels: int | None = None):
     return bits + math.log2(num_levels) - 1.0
 
 
+def _dequantize(n, u, num_levels: int) -> np.ndarray:
+    """z = 2(n + u)/L - 1, the dequantisation :func:`bits_per_dim` assumes (the training
+    pipeline's ``nnd.data.dequantize``, written here so that likelihood does not import data)."""
+    return (2.0 * (np.asarray(n, np.float32) + u) / num_levels - 1.0).astype(np.float32)
+
+
 def dataset_bpd(log_prob_fn, images, num_levels: int, *, batch_size: int, key,
                 num_repeats: int = 1, progress=None):
     """Bits/dim of every example of ``images`` (integer levels), dequantised afresh per repeat.
@@ -218,7 +225,7 @@ def dataset_bpd(log_prob_fn, images, num_levels: int, *, batch_size: int, key,
         def batch_bpd(levels, i, r=r, key_r=key_r):
             key_u, key_fn = jax.random.split(jax.random.fold_in(key_r, i))
             u = np.asarray(jax.random.uniform(key_u, levels.shape))
-            z = data.dequantize(levels, u, num_levels)
+            z = _dequantize(levels, u, num_levels)
             lp = np.asarray(log_prob_fn(jnp.asarray(z, jnp.float32), key_fn))
             if progress is not None:
                 progress(r * num_batches + i + 1, num_repeats * num_batches)
@@ -275,7 +282,7 @@ def reverse_kernel(process: processes_lib.Process, scheme: str, x: jax.Array,
                    eps_pred: jax.Array, t, s):
     r"""Mean μ_θ and scale b of the model's reverse step from t down to s < t (scalars).
 
-    The step of :func:`nnd.walks.reverse_update` is x_s = μ_θ + b z, z standardised of any law:
+    The step of :func:`nnd.walks.scheme_step` is x_s = μ_θ + b z, z standardised of any law:
 
     - ``euler``: :math:`\mu_\theta = x_t - [f x_t - g^2 s_\theta](t - s)`,
       :math:`b = g(t)\sqrt{t - s}`, with :math:`s_\theta = -\varepsilon_\theta/\sigma_t`;
@@ -289,7 +296,7 @@ def reverse_kernel(process: processes_lib.Process, scheme: str, x: jax.Array,
     """
     zero = jnp.zeros_like(x)
     if scheme == "euler":
-        mean = walks.reverse_step(process, x, -eps_pred / process.sigma(t).astype(x.dtype), zero,
+        mean = walks.euler_step(process, x, -eps_pred / process.sigma(t).astype(x.dtype), zero,
                                   t, t - s)
         return mean, process.g(t) * jnp.sqrt(t - s)
     if scheme not in walks.SCHEMES:

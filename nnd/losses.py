@@ -13,7 +13,7 @@ so the per-step KL of eq. (5) is ``L_k = Σ_i ℓ_{q,p}(u_i)`` with the shift KL
                         = -H(q) - \\mathbb{E}_{z\\sim q}[\\log p(z + u)].
 
 :func:`shift_kl` evaluates ℓ in closed form where one exists (Table 1, corrected
-as in SPEC §8) and otherwise by piecewise Gauss–Legendre quadrature whose
+as in docs/math.md §8) and otherwise by piecewise Gauss–Legendre quadrature whose
 nodes move with u. :func:`step_loss` and :func:`objective` build the training
 loss from it.
 """
@@ -33,8 +33,15 @@ __all__ = [
     "check_pair",
     "has_closed_form",
     "shift_kl",
+    "kl_gaussian_gaussian",
+    "kl_laplace_laplace",
+    "kl_uniform_gaussian",
+    "kl_uniform_laplace",
+    "kl_any_gaussian",
+    "kl_symmetric_laplace",
     "penalty",
     "step_scale",
+    "step_scale_on_grid",
     "scheme_scale",
     "training_draw",
     "step_loss",
@@ -93,47 +100,79 @@ def has_closed_form(q: Law | str, p: Law | str) -> bool:
     )
 
 
-def _closed_form(q: Law, p: Law, u):
-    """ℓ_{q,p}(u) = KL(q(· - u) ‖ p) in closed form: the rows of Table 1 (SPEC §4).
+# -- Table 1: one public function per closed-form row (docs/math.md §4) -------------------
+# b = 1/√2 is the standardised Laplace scale, a = √3 the standardised uniform half-width.
 
-    With b = 1/√2 (standardised Laplace scale) and a = √3 (standardised uniform
-    half-width), H(q) the entropy of q:
+_LAPLACE_B = 1.0 / math.sqrt(2.0)
+_UNIFORM_A = math.sqrt(3.0)
 
-    ======================  ===================================================================
-    q / p                   ℓ(u)
-    ======================  ===================================================================
-    G / G                   u²/2
-    L / L                   |u|/b + exp(-|u|/b) - 1          (paper: "+1"; SPEC §8: "-1")
-    U / G                   u²/2 + ½(1 + log(π/6))           (paper: log√(π/6); SPEC §8)
-    U / L                   log(b/a) + (u² + a²)/(2ab)  if |u| ≤ a,
-                            log(b/a) + |u|/b             else (paper drops log(b/a); SPEC §8)
-    any q / G               u²/2 + ½ log 2π + ½ - H(q)
-    any symmetric q / L     log 2b - H(q) + E_q|z + u| / b
-    ======================  ===================================================================
+
+def kl_gaussian_gaussian(u: jax.Array) -> jax.Array:
+    r"""Table 1, G/G: :math:`\ell(u) = u^2/2`."""
+    return 0.5 * jnp.square(u)
+
+
+def kl_laplace_laplace(u: jax.Array) -> jax.Array:
+    r"""Table 1, L/L: :math:`\ell(u) = |u|/b + e^{-|u|/b} - 1`, b = 1/√2.
+
+    The paper prints "+1", which gives ℓ(0) = 2; "-1" gives ℓ(0) = 0 (docs/math.md §8).
     """
+    r = jnp.abs(u) / _LAPLACE_B
+    return r + jnp.expm1(-r)
+
+
+def kl_uniform_gaussian(u: jax.Array) -> jax.Array:
+    r"""Table 1, U/G: :math:`\ell(u) = u^2/2 + \tfrac12(1 + \log(\pi/6))`.
+
+    The constant is 0.1765, not the paper's log√(π/6) (docs/math.md §8).
+    """
+    return 0.5 * jnp.square(u) + jnp.asarray(0.5 * (1.0 + math.log(math.pi / 6.0)), u.dtype)
+
+
+def kl_uniform_laplace(u: jax.Array) -> jax.Array:
+    r"""Table 1, U/L, with a = √3 and b = 1/√2:
+
+    .. math::  \ell(u) = \log\frac ba + \begin{cases} (u^2 + a^2)/(2ab) & |u| \le a \\
+                                                      |u|/b & |u| > a, \end{cases}
+
+    so ℓ(0) = 0.329 and ℓ''(0) = 1/(ab); the paper drops log(b/a) (docs/math.md §8).
+    """
+    a, b, abs_u = _UNIFORM_A, _LAPLACE_B, jnp.abs(u)
+    inside = (jnp.square(u) + a * a) / (2.0 * a * b)
+    return math.log(b / a) + jnp.where(abs_u <= a, inside, abs_u / b)
+
+
+def kl_any_gaussian(q: Law | str, u: jax.Array) -> jax.Array:
+    r"""Any q against p = gaussian: :math:`\ell(u) = u^2/2 + \tfrac12\log 2\pi + \tfrac12 - H(q)`."""
+    q = increments.parse(q)
+    const = 0.5 * _LOG_2PI + 0.5 - q.entropy()
+    return 0.5 * jnp.square(u) + const.astype(u.dtype)
+
+
+def kl_symmetric_laplace(q: Law | str, u: jax.Array) -> jax.Array:
+    r"""Any symmetric q against p = laplace: :math:`\ell(u) = \log 2b - H(q) + \mathbb E_q|z + u|/b`."""
+    q = increments.parse(q)
+    if not q.symmetric:
+        raise ValueError(f"kl_symmetric_laplace needs a symmetric q, got {q}")
+    b = _LAPLACE_B
+    const = math.log(2.0 * b) - q.entropy()
+    return const.astype(u.dtype) + q.mean_abs_shift(u) / b
+
+
+def _closed_form(q: Law, p: Law, u):
+    """ℓ_{q,p}(u) = KL(q(· - u) ‖ p) in closed form: the row of Table 1 for (q, p)."""
     if isinstance(p, increments.Gaussian):
         if isinstance(q, increments.Gaussian):
-            return 0.5 * jnp.square(u)  # Table 1, G/G
+            return kl_gaussian_gaussian(u)
         if isinstance(q, increments.Uniform):
-            # Table 1, U/G (constant corrected, SPEC §8)
-            return 0.5 * jnp.square(u) + jnp.asarray(0.5 * (1.0 + math.log(math.pi / 6.0)), u.dtype)
-        # any q / G: u²/2 + ½ log 2π + ½ - H(q)
-        const = 0.5 * _LOG_2PI + 0.5 - q.entropy()
-        return 0.5 * jnp.square(u) + const.astype(u.dtype)
+            return kl_uniform_gaussian(u)
+        return kl_any_gaussian(q, u)
     if isinstance(p, increments.Laplace):
-        b = p.scale
         if isinstance(q, increments.Laplace):
-            # Table 1, L/L: |u|/b + exp(-|u|/b) - 1 (sign corrected, SPEC §8)
-            r = jnp.abs(u) / b
-            return r + jnp.expm1(-r)
+            return kl_laplace_laplace(u)
         if isinstance(q, increments.Uniform):
-            # Table 1, U/L (log(b/a) kept outside [-a, a], SPEC §8)
-            a, abs_u = math.sqrt(3.0), jnp.abs(u)
-            inside = (jnp.square(u) + a * a) / (2.0 * a * b)
-            return math.log(b / a) + jnp.where(abs_u <= a, inside, abs_u / b)
-        # any symmetric q / L: log 2b - H(q) + E_q|z + u| / b
-        const = math.log(2.0 * b) - q.entropy()
-        return const.astype(u.dtype) + q.mean_abs_shift(u) / b
+            return kl_uniform_laplace(u)
+        return kl_symmetric_laplace(q, u)
     raise ValueError(f"no closed form for (q={q}, p={p}); use method='quadrature'")
 
 
@@ -226,7 +265,7 @@ def shift_kl(q: Law | str, p: Law | str, u: jax.Array, method: str = "auto") -> 
       q: law of the true reverse increment (a Law or its name).
       p: law of the model's reverse increment (a Law or its name).
       u: array of mean shifts in units of g√Δt.
-      method: 'auto' (closed form where SPEC §4 has one, else quadrature),
+      method: 'auto' (closed form where docs/math.md §4 has one, else quadrature),
         'closed' (closed form or ValueError) or 'quadrature' (forces the
         piecewise Gauss–Legendre fallback for any pair, for tests).
 
@@ -266,7 +305,7 @@ def step_scale(process: processes.Process, t_B: jax.Array, num_steps: int) -> ja
 
 
 def scheme_scale(process: processes.Process, scheme: str, t, s) -> jax.Array:
-    """c_k of a reverse step from t down to s (SPEC §5): u = c_k (ε_θ - ε).
+    """c_k of a reverse step from t down to s (docs/math.md §5): u = c_k (ε_θ - ε).
 
     ``euler``: g(t)√(t - s)/σ(t) (as :func:`step_scale`); ``ancestral`` and ``analytic``:
     √expm1(λ_s - λ_t), λ = log(α²/σ²). Both tend to the same limit as the step shrinks.
@@ -276,7 +315,7 @@ def scheme_scale(process: processes.Process, scheme: str, t, s) -> jax.Array:
     return jnp.sqrt(jnp.expm1(process.log_snr(s) - process.log_snr(t)))
 
 
-def _step_scale_on_grid(process, scheme: str, t_grid, t_B):
+def step_scale_on_grid(process, scheme: str, t_grid, t_B):
     """c_k of the step that ends at t_B = t_{k+1} of ``t_grid`` (from t_B down to t_k).
 
     k + 1 is the grid point nearest t_B, so a time rounded on its way here still finds its step.
@@ -317,7 +356,7 @@ def step_loss(eps_BxD, eps_pred_BxD, t_B, *, process, q, p, num_steps: int,
     num_steps = processes.check_num_steps(num_steps)
     _check_scheme(scheme)
     t_grid = processes.sampling_grid(process, num_steps, grid)
-    c_B = processes.per_example(_step_scale_on_grid(process, scheme, t_grid, t_B), eps_BxD)
+    c_B = processes.per_example(step_scale_on_grid(process, scheme, t_grid, t_B), eps_BxD)
     ell = shift_kl(q, p, c_B * (eps_pred_BxD - eps_BxD))
     if subtract_penalty:
         ell = ell - penalty(q, p, ell.dtype)

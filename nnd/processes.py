@@ -38,7 +38,7 @@ __all__ = [
 
 #: ``score_fn(x [B, ...], t [B]) -> s(x, t) [B, ...]``: a score, exact or from a network.
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
-#: ``eps_fn(x [B, ...], t [B]) -> ε(x, t) [B, ...]``: an ε-prediction (SPEC §4).
+#: ``eps_fn(x [B, ...], t [B]) -> ε(x, t) [B, ...]``: an ε-prediction (docs/math.md §4).
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -273,7 +273,7 @@ def check_num_steps(num_steps) -> int:
 
 
 def time_grid(process: Process, num_steps: int):
-    """The grid shared by walks, training and samplers (SPEC §3).
+    """The grid shared by walks, training and samplers (docs/math.md §3).
 
     .. math::  t_k = t_\\varepsilon + k\\Delta t, \\quad \\Delta t = (1 - t_\\varepsilon)/K,
                \\quad k = 0, \\dots, K.
@@ -287,14 +287,14 @@ def time_grid(process: Process, num_steps: int):
     return jnp.asarray(t, jnp.float32), dt
 
 
-#: Sampling grids: ``t`` uniform in time (the paper's, SPEC §3), ``lambda`` uniform in log-SNR.
+#: Sampling grids: ``t`` uniform in time (the paper's, docs/math.md §3), ``lambda`` uniform in log-SNR.
 GRIDS = ("t", "lambda")
 #: The default sampling grid, chosen by measurement together with walks.DEFAULT_SCHEME.
 DEFAULT_GRID = "lambda"
 
 
 def sampling_grid(process: Process, num_steps: int, kind: str = "t") -> jax.Array:
-    """The K + 1 times t_0 = t_eps < ... < t_K = 1 a sampler steps through (SPEC §3).
+    """The K + 1 times t_0 = t_eps < ... < t_K = 1 a sampler steps through (docs/math.md §3).
 
     ``t``: the training grid of :func:`time_grid`. ``lambda``: equal steps in
     λ(t) = log(alpha²/sigma²) between λ(t_eps) and λ(1), found by bisection on the
@@ -348,7 +348,7 @@ def pf_ode_drift(process: Process, x: jax.Array, score: jax.Array, t) -> jax.Arr
 
 
 def score_fn_from_eps(process: Process, eps_fn: EpsFn) -> ScoreFn:
-    """s(x, t) = -ε(x, t) / σ(t) (SPEC §4): the score of an ε-prediction."""
+    """s(x, t) = -ε(x, t) / σ(t) (docs/math.md §4): the score of an ε-prediction."""
 
     def score_fn(x, t_B):
         eps = eps_fn(x, t_B)
@@ -358,7 +358,7 @@ def score_fn_from_eps(process: Process, eps_fn: EpsFn) -> ScoreFn:
 
 
 def eps_fn_from_score(process: Process, score_fn: ScoreFn) -> EpsFn:
-    """ε(x, t) = -σ(t) s(x, t) (SPEC §4): the ε-prediction of a score, e.g. E[ε | x_t] of an oracle."""
+    """ε(x, t) = -σ(t) s(x, t) (docs/math.md §4): the ε-prediction of a score, e.g. E[ε | x_t] of an oracle."""
 
     def eps_fn(x, t_B):
         score = score_fn(x, t_B)

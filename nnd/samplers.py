@@ -1,4 +1,4 @@
-"""Samplers: reverse walk, predictor–corrector and the probability-flow ODE (SPEC §5).
+"""Samplers: reverse walk, predictor–corrector and the probability-flow ODE (docs/math.md §5).
 
 Every sampler takes the increment law as a parameter where it injects noise and
 returns ``(samples, nfe)``: NFE is the number of score evaluations per sample
@@ -6,7 +6,7 @@ returns ``(samples, nfe)``: NFE is the number of score evaluations per sample
 
 - ``walk``: the reverse structured random walk of eq. (8) (:func:`nnd.walks.reverse`),
   K score evaluations, plus one for the final denoising step.
-- ``pc``: predictor–corrector: before each reverse step (:func:`nnd.walks.reverse_step`),
+- ``pc``: predictor–corrector: before each reverse step (:func:`nnd.walks.euler_step`),
   ``corrector_steps`` Langevin steps at the same t whose noise is the chosen law,
   ``x ← x + ε s(x, t) + √(2ε) z``, z ~ law, with the signal-to-noise step size
   ``ε = 2 (snr mean‖z‖ / mean‖s‖)²`` from batch means (see :func:`predictor_corrector`).
@@ -100,7 +100,7 @@ def predictor_corrector(process: Process, law: Law, score_fn: ScoreFn, key: jax.
     centre), and ``a_k = (α(t_{k+1}) / α(t_k))²``, the signal kept by one forward
     step: score_sde's α_i = 1 - β_iΔt for vp and sub-vp to first order in Δt, and 1
     for ve (Song et al. 2021, Alg. 5); then the reverse step to t_k of ``scheme``
-    (:func:`nnd.walks.reverse_update`; eq. 8 for ``euler``) with increments from
+    (:func:`nnd.walks.scheme_step`; eq. 8 for ``euler``) with increments from
     ``law``, on the times of ``grid`` (:func:`nnd.processes.sampling_grid`).
     """
     num_steps = processes_lib.check_num_steps(num_steps)
@@ -125,7 +125,7 @@ def predictor_corrector(process: Process, law: Law, score_fn: ScoreFn, key: jax.
             x = x + eps * s + jnp.sqrt(2.0 * eps) * z
         s = score_fn(x, t_B).astype(dtype)
         z = law.sample(jax.random.fold_in(key_pred, k), shape, dtype)
-        return walks.reverse_update(process, scheme, x, s, z, t, t_down), None
+        return walks.scheme_step(process, scheme, x, s, z, t, t_down), None
 
     x, _ = jax.lax.scan(step, x_init, (jnp.arange(num_steps), t_grid[1:], t_grid[:-1]),
                         reverse=True)

@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import logging
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import flax
 import jax
@@ -31,7 +31,7 @@ from nnd import checkpoints, data, keys, losses, models, paths, pictures, sample
 from nnd import config as config_lib
 
 __all__ = ["TrainState", "Run", "NonFiniteError", "make_optimizer", "init_state", "abstract_state",
-           "train_step", "jit_train_step", "make_mesh", "build", "train"]
+           "train_step", "JittedStep", "jit_train_step", "make_mesh", "build", "train"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -50,14 +50,14 @@ class TrainState:
     opt_state: optax.OptState
 
 
-def make_optimizer(optim, num_steps: int):
+def make_optimizer(optim: config_lib.Optim):
     """(AdamW with linear warm-up then cosine decay after global-norm clipping, its schedule).
 
-    ``optim`` is the ``optim`` section of a config; ``num_steps`` the training length.
+    The schedule runs over ``optim.train_steps`` steps.
     """
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, optim.learning_rate, max(optim.warmup_steps, 1),
-        max(num_steps, optim.warmup_steps + 1), end_value=0.1 * optim.learning_rate,
+        max(optim.train_steps, optim.warmup_steps + 1), end_value=0.1 * optim.learning_rate,
     )
     return optax.chain(
         optax.clip_by_global_norm(optim.grad_clip),
@@ -133,28 +133,38 @@ def make_mesh(devices=None):
     return jax.sharding.Mesh(np.asarray(devices), ("data",))
 
 
-def jit_train_step(config, experiment, mesh, example_x):
-    """(jitted step, abstract sharded state, batch sharding, optimiser, schedule) of a run.
+class JittedStep(NamedTuple):
+    """What :func:`jit_train_step` returns: the step and what it was compiled against."""
 
-    The one place the step is jitted: state replicated and donated, batch split along
-    ``('data',)``; used by :func:`build` and by the ahead-of-time compile
-    (:mod:`nnd.aot`). ``example_x`` only gives the data shape (any batch size).
+    step_fn: Callable
+    abstract_state: TrainState
+    batch_sharding: NamedSharding
+    tx: optax.GradientTransformation
+    schedule: Callable[[int], float]
+
+
+def jit_train_step(experiment: config_lib.Experiment, mesh, example_x) -> JittedStep:
+    """The run's train step, jitted: state replicated and donated, batch split along ``('data',)``.
+
+    The one place the step is jitted; used by :func:`build` and by the ahead-of-time
+    compile (:mod:`nnd.aot`). It reads only the typed ``experiment``; ``example_x`` only
+    gives the data shape (any batch size).
     """
-    tx, schedule = make_optimizer(config.optim, config.train.num_steps)
+    optim = experiment.optim
+    tx, schedule = make_optimizer(optim)
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
-    abstract = abstract_state(experiment.model, tx, jax.random.key(config.seed), example_x,
+    abstract = abstract_state(experiment.model, tx, jax.random.key(experiment.seed), example_x,
                               replicated)
     state_sharding = jax.tree.map(lambda a: a.sharding, abstract)
     step_fn = jax.jit(
         functools.partial(train_step, model=experiment.model, tx=tx, experiment=experiment,
-                          ema_decay=config.optim.ema_decay,
-                          skip_nonfinite=config.train.skip_nonfinite),
+                          ema_decay=optim.ema_decay, skip_nonfinite=optim.skip_nonfinite),
         in_shardings=(state_sharding, batch_sharding, replicated),
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),
     )
-    return step_fn, abstract, batch_sharding, tx, schedule
+    return JittedStep(step_fn, abstract, batch_sharding, tx, schedule)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,20 +196,20 @@ def build(config, workdir: str, *, batches, mesh) -> Run:
       mesh: a ``('data',)`` mesh (e.g. :func:`make_mesh`).
     """
     experiment = config_lib.resolve(config, num_devices=mesh.size)
-    root = jax.random.key(config.seed)
+    root = jax.random.key(experiment.seed)
     example = jnp.zeros((batches.local_batch,) + tuple(batches.shape), jnp.float32)
-    step_fn, abstract, batch_sharding, tx, schedule = jit_train_step(config, experiment, mesh, example)
-    state_sharding = jax.tree.map(lambda a: a.sharding, abstract)
+    jitted = jit_train_step(experiment, mesh, example)
+    state_sharding = jax.tree.map(lambda a: a.sharding, jitted.abstract_state)
     keep = config.train.keep_checkpoints
     manager = checkpoints.manager(workdir, keep)
-    state, bad = checkpoints.restore_latest(manager, abstract)
+    state, bad = checkpoints.restore_latest(manager, jitted.abstract_state)
     if bad:
         manager = checkpoints.set_aside(manager, bad, workdir, keep)
     if state is None:
-        state = jax.jit(functools.partial(init_state, experiment.model, tx),
+        state = jax.jit(functools.partial(init_state, experiment.model, jitted.tx),
                         out_shardings=state_sharding)(keys.stream(root, keys.Stream.INIT), example)
-    return Run(experiment=experiment, schedule=schedule, mesh=mesh, batch_sharding=batch_sharding,
-               step_fn=step_fn, manager=manager, state=state, root=root, batches=batches,
+    return Run(experiment=experiment, schedule=jitted.schedule, mesh=mesh,
+               batch_sharding=jitted.batch_sharding, step_fn=jitted.step_fn, manager=manager, state=state, root=root, batches=batches,
                example_shape=tuple(batches.shape))
 
 

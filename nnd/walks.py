@@ -1,6 +1,6 @@
 """Structured random walks: forward, reverse and their moments (eq. 8, Theorem 3.1).
 
-The forward walk and the moments run on the grid of SPEC §3, ``t_k = t_eps + kΔt``,
+The forward walk and the moments run on the grid of docs/math.md §3, ``t_k = t_eps + kΔt``,
 ``Δt = (1 - t_eps)/K``; the reverse walk on a sampling grid (uniform in t or in
 log-SNR, :func:`nnd.processes.sampling_grid`) with one of :data:`SCHEMES`. All use
 ``lax.scan``: the step is traced and compiled once whatever K, and memory does not
@@ -21,10 +21,10 @@ import jax.numpy as jnp
 from nnd import increments
 from nnd import processes as processes_lib
 
-__all__ = ["SCHEMES", "DEFAULT_SCHEME", "forward_step", "reverse_step", "ancestral_step", "posterior_x0_variance",
-           "reverse_update", "forward", "reverse", "moments", "tweedie_denoise"]
+__all__ = ["SCHEMES", "DEFAULT_SCHEME", "forward_step", "euler_step", "ancestral_step",
+           "posterior_x0_variance", "scheme_step", "forward", "reverse", "moments", "tweedie_denoise"]
 
-#: Reverse-step schemes (SPEC §3): ``euler`` (eq. 8), ``ancestral`` (the exact Gaussian
+#: Reverse-step schemes (docs/math.md §3): ``euler`` (eq. 8), ``ancestral`` (the exact Gaussian
 #: posterior of the forward process, law-z noise) and ``analytic`` (ancestral with the
 #: variance of x_0 given x_t added, Analytic-DPM style, estimated from the model's ε).
 SCHEMES = ("euler", "ancestral", "analytic")
@@ -45,9 +45,9 @@ def forward_step(process: processes_lib.Process, x: jax.Array, z: jax.Array, t,
     return x + (f * dt).astype(x.dtype) * x + (g * math.sqrt(dt)).astype(x.dtype) * z
 
 
-def reverse_step(process: processes_lib.Process, x: jax.Array, score: jax.Array, z: jax.Array,
+def euler_step(process: processes_lib.Process, x: jax.Array, score: jax.Array, z: jax.Array,
                  t, dt: float) -> jax.Array:
-    r"""One reverse step of the walk, eq. (8), from t = t_{k+1} down to t - Δt (SPEC §3).
+    r"""The Euler (Euler–Maruyama) reverse step, eq. (8), from t = t_{k+1} down to t - Δt (docs/math.md §3).
 
     .. math::  x_k = x_{k+1} - \big[f x_{k+1} - g^2 s(x_{k+1}, t_{k+1})\big]\Delta t
                      + g\sqrt{\Delta t}\, z_k,
@@ -63,7 +63,7 @@ def ancestral_step(process: processes_lib.Process, x: jax.Array, eps: jax.Array,
                    t, s, x0_variance=0.0) -> jax.Array:
     r"""One reverse step from t down to s < t through the forward process's Gaussian posterior.
 
-    With λ = log(α²/σ²), r = -expm1(λ_t - λ_s) ∈ (0, 1) and x̂_0 = (x_t - σ_t ε)/α_t (SPEC §3):
+    With λ = log(α²/σ²), r = -expm1(λ_t - λ_s) ∈ (0, 1) and x̂_0 = (x_t - σ_t ε)/α_t (docs/math.md §3):
 
     .. math::  x_s = \frac{\alpha_s}{\alpha_t}(1 - r)\, x_t + \alpha_s r\, \hat x_0
                      + \sqrt{\sigma_s^2 r + (\alpha_s r)^2 v}\; z,
@@ -96,11 +96,11 @@ def posterior_x0_variance(process: processes_lib.Process, eps: jax.Array, t) -> 
     return process.sigma2(t) / jnp.square(process.alpha(t)) * jnp.maximum(1.0 - gamma, 0.0)
 
 
-def reverse_update(process: processes_lib.Process, scheme: str, x: jax.Array, score: jax.Array,
+def scheme_step(process: processes_lib.Process, scheme: str, x: jax.Array, score: jax.Array,
                    z: jax.Array, t, s) -> jax.Array:
     """x at s < t from x at t with the given scheme (:data:`SCHEMES`), the score at t and z."""
     if scheme == "euler":
-        return reverse_step(process, x, score, z, t, t - s)
+        return euler_step(process, x, score, z, t, t - s)
     eps = -process.sigma(t).astype(x.dtype) * score
     if scheme == "ancestral":
         return ancestral_step(process, x, eps, z, t, s)
@@ -162,7 +162,7 @@ def reverse(process: processes_lib.Process, law: increments.Law, score_fn: proce
             dtype=jnp.float32, return_path: bool = False):
     """Runs the reverse structured random walk from the prior at t = 1 to t_eps.
 
-    Reverse step from t_{k+1} to t_k with the score at t_{k+1} (SPEC §3); with
+    Reverse step from t_{k+1} to t_k with the score at t_{k+1} (docs/math.md §3); with
     ``scheme="euler"`` it is eq. (8),
 
     .. math::  x_k = x_{k+1} - \\big[f x_{k+1} - g^2 s(x_{k+1}, t_{k+1})\\big]\\Delta t
@@ -201,7 +201,7 @@ def reverse(process: processes_lib.Process, law: increments.Law, score_fn: proce
         k, t, t_next_down = inputs
         score = score_fn(x, jnp.full((shape[0],), t, jnp.float32)).astype(dtype)
         z = law.sample(jax.random.fold_in(key_steps, k), shape, dtype)
-        x = reverse_update(process, scheme, x, score, z, t, t_next_down)
+        x = scheme_step(process, scheme, x, score, z, t, t_next_down)
         return x, (x if return_path else None)
 
     ks = jnp.arange(num_steps)
@@ -224,7 +224,7 @@ def moments(process: processes_lib.Process, num_steps: int) -> tuple[jax.Array, 
     so x_K has mean m_K x and variance v_K per coordinate for ANY increment law.
     As K → ∞ they tend to alpha(1)/alpha(t_eps) and sigma(1)² - m² sigma(t_eps)²
     with error O(Δt). (The paper's statement has ᾱ_k/ᾱ_{i+1}; its own proof,
-    eq. 43, gives ᾱ_k/ᾱ_i, which is what this computes; SPEC §8.)
+    eq. 43, gives ᾱ_k/ᾱ_i, which is what this computes; docs/math.md §8.)
     """
     num_steps = processes_lib.check_num_steps(num_steps)
     t_grid, dt = processes_lib.time_grid(process, num_steps)

@@ -89,6 +89,19 @@ def test_dequantize_exact_values(num_levels):
         assert data.dequantize(L // 2, 0.0, L) == 0.0
 
 
+def test_likelihood_dequantises_as_the_pipeline_does():
+    # likelihood keeps its own copy of the formula (it must not import data); bpd is only
+    # right if the two agree.
+    from nnd import likelihood
+
+    rng = np.random.default_rng(0)
+    for num_levels in (2, 17, 256):
+        n = rng.integers(0, num_levels, (5, 7))
+        u = rng.random((5, 7), dtype=np.float32)
+        np.testing.assert_array_equal(likelihood._dequantize(n, u, num_levels),
+                                      data.dequantize(n, u, num_levels))
+
+
 @pytest.mark.parametrize("num_levels", [256, 17])
 def test_dequantize_range_dtype_and_order(num_levels):
     L = num_levels

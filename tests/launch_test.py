@@ -276,7 +276,7 @@ def test_install_tar_command_packs_the_code(sandbox, tmp_path):
 
 def test_install_from_git(sandbox):
     out = _dry(sandbox, "tpu_install.sh", "--repo=https://github.com/example/nnd.git",
-               "--branch=dev", extra_env=dict(TPU, JAX_SPEC="jax[tpu]==0.10.2")).stdout
+               "--branch=dev", extra_env=dict(TPU, JAX_PIP="jax[tpu]==0.10.2")).stdout
     assert "tar " not in out and "tpu-vm scp" not in out
     fetch = _ssh_command(out.splitlines()[0])
     assert "git clone --depth 1 --branch dev https://github.com/example/nnd.git nnd" in fetch

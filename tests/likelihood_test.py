@@ -120,10 +120,10 @@ def test_rademacher_is_exact_for_a_diagonal_jacobian():
 
 
 def test_auto_divergence_is_exact_up_to_64_dims():
-    assert likelihood._resolve_divergence("auto", 64) == "exact"
-    assert likelihood._resolve_divergence("auto", 65) == "rademacher"
+    assert likelihood.resolve_divergence("auto", 64) == "exact"
+    assert likelihood.resolve_divergence("auto", 65) == "rademacher"
     with pytest.raises(ValueError, match="divergence"):
-        likelihood._resolve_divergence("hutch", 2)
+        likelihood.resolve_divergence("hutch", 2)
 
 
 def test_divergence_fn_matches_jacobian_trace():
@@ -313,12 +313,12 @@ def test_walk_estimate_penalty_is_k_d_l0():
 
 @pytest.mark.parametrize("scheme", ["euler", "ancestral", "analytic"])
 def test_reverse_kernel_is_the_step_the_sampler_runs(scheme):
-    # x_s = μ_θ + b z: the mean at z = 0 and the scale from z = 1, against walks.reverse_update.
+    # x_s = μ_θ + b z: the mean at z = 0 and the scale from z = 1, against walks.scheme_step.
     x = jax.random.normal(jax.random.key(0), (5, 3))
     eps_pred = 0.7 * x + 0.1
     t, s = jnp.float32(0.6), jnp.float32(0.45)
     score = -eps_pred / VP.sigma(t)
-    step = lambda z: walks.reverse_update(VP, scheme, x, score, z, t, s)  # noqa: E731
+    step = lambda z: walks.scheme_step(VP, scheme, x, score, z, t, s)  # noqa: E731
     mean, scale = likelihood.reverse_kernel(VP, scheme, x, eps_pred, t, s)
     np.testing.assert_allclose(mean, step(jnp.zeros_like(x)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(step(jnp.ones_like(x)) - mean, np.full(x.shape, float(scale)),

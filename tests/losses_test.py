@@ -1,10 +1,10 @@
-"""Tests for nnd.losses: the shift KL ℓ_{q,p}(u) of Table 1 and the loss of eq. (5) (SPEC §4).
+"""Tests for nnd.losses: the shift KL ℓ_{q,p}(u) of Table 1 and the loss of eq. (5) (docs/math.md §4).
 
 The reference for ℓ(u) = KL(q(· - u) ‖ p) = ∫ q(z) [log q(z) - log p(z + u)] dz is
 ``scipy.integrate.quad`` over scipy.stats densities in float64, split at q's support ends
 and at the kinks of the integrand (z = 0 and z = -u), accurate to ~1e-10. Closed forms are
 checked in float64 (under ``jax.enable_x64(True)``) and float32; the quadrature fallback
-in float32, the dtype users get. The corrected constants of SPEC §8 are checked against
+in float32, the dtype users get. The corrected constants of docs/math.md §8 are checked against
 their exact expressions, and ``step_loss``/``objective`` against hand computations in numpy.
 """
 
@@ -169,7 +169,7 @@ def test_quadrature_gradient_matches_finite_difference(pair):
     np.testing.assert_allclose(np.asarray(grad, np.float64), expected, rtol=0.02)
 
 
-# -- the corrected constants of SPEC §8 --------------------------------------------------
+# -- the corrected constants of docs/math.md §8 --------------------------------------------------
 
 def test_uniform_gaussian_penalty_is_corrected_value():
     expected = 0.5 * (1.0 + math.log(math.pi / 6.0))  # not the paper's 0.34
@@ -197,7 +197,7 @@ def _second_difference(q, p, h, one_sided=False):
     return (ell[0] - 2.0 * ell[1] + ell[2]) / h**2
 
 
-# Curvatures ℓ''(0) of SPEC §4, by a float64 second difference with h = 1e-3: the
+# Curvatures ℓ''(0) of docs/math.md §4, by a float64 second difference with h = 1e-3: the
 # truncation error is h² ℓ''''/12 ≲ 1e-6 (one-sided: h ℓ''' ≲ 1e-3 for L/L, where
 # ℓ''' = -1/b³ = -2.8 next to the kink) and roundoff 1e-16/h² = 1e-10.
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Tests for nnd.processes: marginals, drift and diffusion of eq. (1) (SPEC §1).
+"""Tests for nnd.processes: marginals, drift and diffusion of eq. (1) (docs/math.md §1).
 
 Every check compares with an independent reference: the score_sde marginal
 formulas re-written here in float64 numpy, central finite differences of

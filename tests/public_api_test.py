@@ -1,4 +1,4 @@
-"""SPEC §7: the public surface that other tools script against, called exactly as written there."""
+"""docs/math.md §7: the public surface that other tools script against, called exactly as written there."""
 
 import jax
 import jax.numpy as jnp

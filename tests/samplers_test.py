@@ -102,7 +102,7 @@ def test_pf_ode_field_matches_eq6(setup):
 
 
 def test_predictor_corrector_without_corrector_is_the_reverse_walk(setup):
-    # The predictor is the one reverse step of eq. (8) (walks.reverse_step), the same as the walk's.
+    # The predictor is the one reverse step of eq. (8) (walks.euler_step), the same as the walk's.
     from nnd import walks  # noqa: PLC0415
 
     process, score, _ = setup
@@ -118,7 +118,7 @@ def test_predictor_corrector_without_corrector_is_the_reverse_walk(setup):
         t = t_grid[k + 1]
         s = score(y, jnp.full((N,), t))
         z = law.sample(jax.random.fold_in(key_pred, k), (N, 2))
-        y = walks.reverse_step(process, y, s, z, t, dt)
+        y = walks.euler_step(process, y, s, z, t, dt)
     y = walks.tweedie_denoise(process, score, y, process.t_eps)
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-4)
     assert int(nfe) == 16
@@ -165,5 +165,5 @@ def test_corrector_step_size_carries_the_signal_kept_by_one_step(setup):
         eps = 2.0 * a_k * (snr * norm(z) / norm(s)) ** 2
         y = y + eps * s + np.sqrt(2.0 * eps) * z
         z = law.sample(jax.random.fold_in(key_pred, k), (N, 2))
-        y = walks.reverse_step(process, y, score(y, t_B), z, t_grid[k + 1], dt)
+        y = walks.euler_step(process, y, score(y, t_B), z, t_grid[k + 1], dt)
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-4)

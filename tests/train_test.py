@@ -244,7 +244,7 @@ def test_digits_laplace_loss_falls_and_writes_a_sample_grid(tmp_path):
 
 @pytest.mark.plumbing
 def test_uniform_gaussian_trains_exactly_like_gaussian_gaussian(tmp_path):
-    # SPEC §4 (i): with p = gaussian the loss differs only by the constant l(0), so the
+    # docs/math.md §4 (i): with p = gaussian the loss differs only by the constant l(0), so the
     # gradients, and hence the parameters, are those of gaussian/gaussian.
     from configs import toy_gaussian, toy_uniform
 

@@ -1,4 +1,4 @@
-"""Tests for nnd.walks: the structured random walks of eq. (8) and Theorem 3.1 (SPEC §3).
+"""Tests for nnd.walks: the structured random walks of eq. (8) and Theorem 3.1 (docs/math.md §3).
 
 References used instead of the module's own output:
 - Theorem 3.1's limits alpha(1)/alpha(t_eps) and sigma(1)² - m²sigma(t_eps)² with O(Δt) error;
@@ -28,14 +28,14 @@ SAMPLER_LAWS = ["gaussian", "laplace", "uniform", "rademacher"]
 
 @dataclasses.dataclass(frozen=True)
 class WrongScaleLaplace:
-    """Laplace with scale 1, variance 2: Lemma A.2's scale g√Δt (SPEC §8), not standardised."""
+    """Laplace with scale 1, variance 2: Lemma A.2's scale g√Δt (docs/math.md §8), not standardised."""
 
     def sample(self, key, shape, dtype=jnp.float32):
         return jnp.asarray(math.sqrt(2.0), dtype) * increments.get("laplace").sample(key, shape, dtype)
 
 
 def grid_coefficients(process, num_steps):
-    """(t_k, f(t_k), g(t_k), Δt) for k = 0..K in float64, the grid of SPEC §3."""
+    """(t_k, f(t_k), g(t_k), Δt) for k = 0..K in float64, the grid of docs/math.md §3."""
     dt = (1.0 - process.t_eps) / num_steps
     t = process.t_eps + dt * np.arange(num_steps + 1)
     t32 = jnp.asarray(t, jnp.float32)
@@ -248,7 +248,7 @@ def test_reverse_with_exact_score_reaches_data(gmm_setup, law_name):
 
 @pytest.mark.slow
 def test_reverse_with_wrong_scale_laplace_fails_blob_width(gmm_setup):
-    """Lemma A.2's Laplace scale (variance 2, SPEC §8) leaves the blobs too wide."""
+    """Lemma A.2's Laplace scale (variance 2, docs/math.md §8) leaves the blobs too wide."""
     p, gmm, score, _ = gmm_setup
     x = _reverse_samples(p, WrongScaleLaplace(), score, 300)
     width, _ = metrics.nearest_centre(x, gmm.means)
@@ -356,11 +356,11 @@ def test_forward_and_reverse_step_are_the_eq8_formulas():
     f, g = float(p.f(t)), float(p.g(t))
     np.testing.assert_allclose(walks.forward_step(p, x, z, t, dt),
                                x + f * x * dt + g * math.sqrt(dt) * z, rtol=1e-5)
-    np.testing.assert_allclose(walks.reverse_step(p, x, s, z, t, dt),
+    np.testing.assert_allclose(walks.euler_step(p, x, s, z, t, dt),
                                x - (f * x - g * g * s) * dt + g * math.sqrt(dt) * z, rtol=1e-5)
 
 
-# -- reverse schemes and grids (SPEC §3) ---------------------------------------------------
+# -- reverse schemes and grids (docs/math.md §3) ---------------------------------------------------
 
 def test_ancestral_step_is_the_gaussian_posterior_of_the_forward_process():
     p = processes.get("vp")
@@ -402,7 +402,7 @@ def test_one_long_step_with_the_exact_score_keeps_gaussian_data_on_its_marginal(
     x_t = jnp.asarray(np.sqrt(var_t) * normal / np.sqrt(np.mean(normal**2)), jnp.float32)
     score = -x_t / var_t
     z = increments.get("laplace").sample(jax.random.key(1), (n, 2))
-    x_s = walks.reverse_update(p, scheme, x_t, score, z, t, s)
+    x_s = walks.scheme_step(p, scheme, x_t, score, z, t, s)
     got = float(np.var(np.asarray(x_s, np.float64)))
     se = var_s * math.sqrt(2.0 / (2 * n))  # sd of a variance estimate from 2n values (kurtosis ~3)
     if exact:

@@ -19,11 +19,11 @@
 #   PYTHON      the Python to use; default: the first of .venv-gpu/bin/python,
 #               .venv/bin/python, python3, python whose jax sees a GPU
 #   INSTALL     1 (default): if no Python's jax sees a GPU, create .venv-gpu and pip install
-#               requirements.txt and JAX_SPEC into it; if only some of nnd's packages are
+#               requirements.txt and JAX_PIP into it; if only some of nnd's packages are
 #               missing (e.g. ml_collections), pip install those alone (--no-deps) into
 #               SITE, from ./.whl when it holds wheels (no network needed), else from the
 #               registry. 0: install nothing.
-#   JAX_SPEC    pip requirement for jax on GPU (default: jax[cuda12])
+#   JAX_PIP    pip requirement for jax on GPU (default: jax[cuda12])
 #   SITE        folder for missing packages, put on PYTHONPATH (default: /tmp/nnd_bench_site)
 #   QUICK=1     tiny sizes (python -m nnd.bench --quick), for a smoke test
 #   ALLOW_CPU=1 accept a Python whose jax has no GPU (tests of this script)
@@ -34,7 +34,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 OUT="${OUT:-./bench_out}"
 BUDGET="${BUDGET:-285}"
 INSTALL="${INSTALL:-1}"
-JAX_SPEC="${JAX_SPEC:-jax[cuda12]}"
+JAX_PIP="${JAX_PIP:-jax[cuda12]}"
 SITE="${SITE:-/tmp/nnd_bench_site}"
 QUICK="${QUICK:-0}"
 ALLOW_CPU="${ALLOW_CPU:-0}"
@@ -76,10 +76,10 @@ for candidate in "${PYTHON:-}" .venv-gpu/bin/python .venv/bin/python python3 pyt
 done
 if [[ -z "$PY" ]]; then
   [[ "$INSTALL" == 1 ]] || die "no Python whose jax sees a GPU (set PYTHON, or INSTALL=1)"
-  log "no Python whose jax sees a GPU: creating .venv-gpu with requirements.txt and $JAX_SPEC"
+  log "no Python whose jax sees a GPU: creating .venv-gpu with requirements.txt and $JAX_PIP"
   python3 -m venv .venv-gpu
   timeout "$(install_time)" .venv-gpu/bin/python -m pip install -q -r requirements.txt \
-    "$JAX_SPEC" 2>&1 | tee -a "$LOG" || die "pip install failed or ran out of time"
+    "$JAX_PIP" 2>&1 | tee -a "$LOG" || die "pip install failed or ran out of time"
   usable .venv-gpu/bin/python || die ".venv-gpu/bin/python: jax sees no GPU after the install"
   PY=.venv-gpu/bin/python
 fi

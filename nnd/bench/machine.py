@@ -1,8 +1,8 @@
 """The machine a benchmark ran on, its float32 matmul peak, and round-robin timing.
 
-- :func:`describe`: platform, CPU model, device kind and count, JAX version and
-  backend, the default matmul precision (every benchmark's JSON records it, and so
-  do the experiments').
+- :func:`describe` and :func:`machine_line`, re-exported from :mod:`nnd.provenance`:
+  platform, CPU model, device kind and count, JAX version and backend, the default
+  matmul precision (every benchmark's JSON records it, and so do the experiments').
 - :func:`matmul_probes`: jitted float32 ``[N, N] @ [N, N]`` (2N³ FLOP each). They are
   timed like everything else, round-robin with the code they are the ceiling of
   (:func:`time_round_robin`), so contention on a shared machine lowers ceiling and
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import platform
 import statistics
 import time
 from typing import Callable
@@ -24,48 +22,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from nnd.provenance import describe, machine_line  # noqa: F401  (re-exported for the benchmarks)
+
 __all__ = ["describe", "machine_line", "Timed", "looped", "cost", "compiled_timed", "calibrate",
            "time_round_robin", "matmul_probes", "peak"]
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def describe() -> dict:
-    """What the numbers were measured on (JSON-ready)."""
-    import jaxlib  # noqa: PLC0415
-
-    devices = jax.devices()
-    return {
-        "platform": platform.platform(),
-        "cpu_model": _cpu_model(),
-        "processor": platform.processor() or platform.machine(),
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "backend": jax.default_backend(),
-        "device_kind": devices[0].device_kind,
-        "device_count": len(devices),
-        "devices": [str(d) for d in devices],
-        "matmul_precision": str(getattr(jax.config, "jax_default_matmul_precision", None)
-                                or "default"),
-    }
-
-
-def machine_line(machine: dict) -> str:
-    """One line naming the machine, for the head of a Markdown table."""
-    return (f"{machine['device_kind']} ×{machine['device_count']} ({machine['backend']}), "
-            f"CPU {machine['cpu_model']} ({machine['nproc']} cores), jax {machine['jax']}, "
-            f"{machine['platform']}")
 
 
 @dataclasses.dataclass

@@ -3,7 +3,7 @@
 Theorem 3.3 lets the reverse walk use any standardised increment law; :func:`benchmark`
 checks that choosing one costs (almost) nothing: the goal is a time within
 :data:`nnd.bench.OVERHEAD_GOAL` of the Gaussian walk for every law. Setting: reverse
-walk of SPEC §3 with K = 1000, 10⁴ points in 2-D, the exact ``gmm8`` score, the ``vp``
+walk of docs/math.md §3 with K = 1000, 10⁴ points in 2-D, the exact ``gmm8`` score, the ``vp``
 process, denoising on. Every law's walk is compiled ahead of time (compile time
 reported apart), then all are run round-robin (``repeats`` turns), so drift of a shared
 machine hits every law alike; a law's ratio is the median over turns of its time over the

@@ -140,7 +140,7 @@ def training_scale(process: Process, t_B: jax.Array, num_steps: int, *,
     """
     _check_scheme_and_grid(scheme, grid)
     t_grid = processes.sampling_grid(process, processes.check_num_steps(num_steps), grid)
-    return losses._step_scale_on_grid(process, scheme, t_grid, t_B)
+    return losses.step_scale_on_grid(process, scheme, t_grid, t_B)
 
 
 def posterior_eps(process: Process, gmm: oracles.GMM, x_BxD: jax.Array,

@@ -3,7 +3,7 @@
 An experiment is a ``Settings`` dataclass (its flags, checked), a ``run`` that returns a
 JSON-ready result, a Markdown table and figures of that result. :func:`write` puts
 them in the output folder the same way for all: ``NAME.json`` (with the machine's
-description, :func:`nnd.bench.machine.describe`, the wall time and the command line),
+description, :func:`nnd.provenance.describe`, the wall time and the command line),
 ``NAME.md`` and the figures, and prints the table.
 """
 
@@ -16,8 +16,7 @@ import sys
 import time
 from typing import Callable, Iterable, Sequence
 
-from nnd import increments, losses, paths, pictures, processes
-from nnd.bench import machine
+from nnd import increments, losses, paths, pictures, processes, provenance
 from nnd.increments import Law
 from nnd.pictures import pyplot
 
@@ -157,13 +156,13 @@ def write(out: str, name: str, result: dict, *, markdown: str,
 
     ``OUT`` may be local or gs:// (:mod:`nnd.paths`).
 
-    Adds to ``result`` the machine (:func:`nnd.bench.machine.describe`), the wall
+    Adds to ``result`` the machine (:func:`nnd.provenance.describe`), the wall
     time since ``start`` (``time.perf_counter()``) and the command line's arguments
     ``argv`` (each left out when None). Prints the table and the files written;
     returns ``result``.
     """
     figures = figures or {}
-    result["machine"] = machine.describe()
+    result["machine"] = provenance.describe()
     if start is not None:
         result["wall_seconds"] = time.perf_counter() - start
     if argv is not None:

@@ -59,7 +59,7 @@ __all__ = ["Classifier", "digits", "held_out_digits", "fit_classifier", "feature
            "sample_quality", "sanity_sets", "main"]
 
 #: Levels and shape of the bundled digits (nnd.data.IMAGES["digits"]).
-_SPEC = data.IMAGES["digits"]
+_DIGITS = data.IMAGES["digits"]
 
 
 class _MLP(nn.Module):
@@ -112,7 +112,7 @@ def held_out_digits(seed: int = 0) -> np.ndarray:
     """The test split in data space [N, 8, 8, 1], dequantised with uniform u drawn from ``seed``."""
     levels, _ = digits("test")
     u = np.random.default_rng(seed).random(levels.shape, dtype=np.float32)
-    return data.dequantize(levels, u, _SPEC.num_levels)
+    return data.dequantize(levels, u, _DIGITS.num_levels)
 
 
 def _flat(images) -> np.ndarray:
@@ -143,7 +143,7 @@ def _train(key, levels_NxD, labels_N, *, hidden, steps, batch_size, learning_rat
         k_batch, k_u = jax.random.split(jax.random.fold_in(k_steps, step))
         idx_B = jax.random.randint(k_batch, (batch_size,), 0, len(levels_NxD))
         u_BxD = jax.random.uniform(k_u, (batch_size, levels_NxD.shape[1]))
-        x_BxD = 2.0 * (levels_NxD[idx_B] + u_BxD) / _SPEC.num_levels - 1.0
+        x_BxD = 2.0 * (levels_NxD[idx_B] + u_BxD) / _DIGITS.num_levels - 1.0
 
         def loss_fn(p):
             logits_BxC = model.apply({"params": p}, x_BxD)
@@ -175,7 +175,7 @@ def fit_classifier(seed: int = 0, *, hidden: Sequence[int] = (128, 64), steps: i
                     hidden=hidden, steps=steps, batch_size=batch_size,
                     learning_rate=learning_rate, weight_decay=weight_decay)
     test_levels, test_labels = digits("test")
-    x_test = data.dequantize(test_levels, 0.5, _SPEC.num_levels)
+    x_test = data.dequantize(test_levels, 0.5, _DIGITS.num_levels)
     logits = _apply(params, jnp.asarray(_flat(x_test)), hidden=hidden, features=False)
     accuracy = float(np.mean(np.argmax(np.asarray(logits), axis=1) == test_labels))
     return Classifier(jax.device_get(params), hidden, accuracy, time.perf_counter() - start, seed)
@@ -184,8 +184,8 @@ def fit_classifier(seed: int = 0, *, hidden: Sequence[int] = (128, 64), steps: i
 def features(classifier: Classifier, images) -> np.ndarray:
     """Penultimate features [N, hidden[-1]] of images in data space [N, 8, 8, 1] or [N, 64]."""
     x_NxD = _flat(images)
-    if x_NxD.shape[1] != int(np.prod(_SPEC.shape)):
-        raise ValueError(f"digits are {_SPEC.shape} images, got shape {np.shape(images)}")
+    if x_NxD.shape[1] != int(np.prod(_DIGITS.shape)):
+        raise ValueError(f"digits are {_DIGITS.shape} images, got shape {np.shape(images)}")
     return np.asarray(_apply(classifier.params, jnp.asarray(x_NxD), hidden=classifier.hidden,
                              features=True))
 
@@ -233,7 +233,7 @@ def sanity_sets(seed: int = 0, *, noise_std: float = 0.5, mean_noise_std: float 
     """
     rng = np.random.default_rng(seed)
     levels, labels = digits("train")
-    x = data.dequantize(levels, rng.random(levels.shape, dtype=np.float32), _SPEC.num_levels)
+    x = data.dequantize(levels, rng.random(levels.shape, dtype=np.float32), _DIGITS.num_levels)
     n = len(held_out_digits())
     pick = rng.permutation(len(x))[:n]
     means = np.stack([x[labels == c].mean(axis=0) for c in range(10)])

@@ -2,7 +2,7 @@
 
 Theorem 3.3 of the paper says that a structured random walk (eq. 8) whose i.i.d.
 increments z_k have E z = 0, Var z = 1 and E z⁴ < ∞ converges, as Δt → 0, to the
-same SDE (eq. 1) whatever the law of z_k. For the reverse walk (SPEC §3)
+same SDE (eq. 1) whatever the law of z_k. For the reverse walk (docs/math.md §3)
 
 .. math::  x_k = x_{k+1} - \\big[f x_{k+1} - g^2 s(x_{k+1}, t_{k+1})\\big]\\Delta t
                  + g\\sqrt{\\Delta t}\\, z_k,
@@ -82,7 +82,7 @@ class Settings:
 def make_walk(process: Process, law: Law, score_fn: Callable, n: int, num_steps: int, *,
               scheme: str = walks.DEFAULT_SCHEME,
               grid: str = processes.DEFAULT_GRID) -> tuple[Callable[[jax.Array], jax.Array], float]:
-    """The reverse walk of SPEC §3 (Theorem 3.3's sampler) as a compiled ``key -> x [n, 2]``.
+    """The reverse walk of docs/math.md §3 (Theorem 3.3's sampler) as a compiled ``key -> x [n, 2]``.
 
     Compiled ahead of time so the compile and run times can be reported apart.
 
@@ -298,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--laws", default=DEFAULT_LAWS,
                         help="comma-separated laws, 'name' or 'name:param' (student_t:5)")
     parser.add_argument("--scheme", default=walks.DEFAULT_SCHEME, choices=walks.SCHEMES,
-                        help="reverse step (SPEC §3)")
+                        help="reverse step (docs/math.md §3)")
     parser.add_argument("--grid", default=processes.DEFAULT_GRID, choices=processes.GRIDS,
                         help="times: uniform in t or in log-SNR")
     common.add_process_and_seed(parser)
