@@ -28,7 +28,7 @@ __all__ = ["SCHEMES", "DEFAULT_SCHEME", "forward_step", "euler_step", "ancestral
 #: posterior of the forward process, law-z noise) and ``analytic`` (ancestral with the
 #: variance of x_0 given x_t added, Analytic-DPM style, estimated from the model's ε).
 SCHEMES = ("euler", "ancestral", "analytic")
-#: The default reverse scheme, chosen by measurement (README "Reverse schemes and grids"):
+#: The default reverse scheme, chosen by measurement (docs/studies.md "Reverse schemes and grids"):
 #: with the exact gmm8 score it is the closest to the data at K = 10 and 30 on vp and vdm.
 DEFAULT_SCHEME = "ancestral"
 

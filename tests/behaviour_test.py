@@ -32,7 +32,8 @@ def _law(spec: str) -> increments.Law:
     return increments.get(name, **({params[name]: float(param)} if param else {}))
 
 
-def math_arrays() -> dict[str, np.ndarray]:
+def law_arrays() -> dict[str, np.ndarray]:
+    """Draws of every law and ℓ_{q,p}(u) of every finite pair."""
     out = {}
     key = jax.random.key(0)
     for i, spec in enumerate(LAWS):
@@ -44,6 +45,12 @@ def math_arrays() -> dict[str, np.ndarray]:
             except ValueError:
                 continue
             out[f"shift_kl/{q}/{p}"] = np.asarray(losses.shift_kl(_law(q), _law(p), jnp.asarray(SHIFTS)))
+    return out
+
+
+def walk_arrays() -> dict[str, np.ndarray]:
+    """Forward and reverse walks with the exact gmm8 score, and walk bounds, on vp and vdm."""
+    out = {}
     gmm = oracles.gmm8()
     for name in ("vp", "vdm"):
         process = processes.get(name)
@@ -96,10 +103,16 @@ def _compare(now: dict, golden: dict, rtol: float, atol: float):
         np.testing.assert_allclose(now[name], golden[name], rtol=rtol, atol=atol, err_msg=name)
 
 
-def test_math_matches_the_recording():
-    golden = {k: v for k, v in np.load(GOLDEN).items() if not k.startswith("train/")}
+def test_laws_and_losses_match_the_recording():
+    golden = {**_golden("sample/"), **_golden("shift_kl/")}
+    _compare(law_arrays(), golden, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
+def test_walks_and_bounds_match_the_recording():
+    golden = {**_golden("forward/"), **_golden("reverse/"), **_golden("walk_bound/")}
     # A walk of 30 steps compounds rounding: a few ulps per step of |x| ≲ 3.
-    _compare(math_arrays(), golden, rtol=2e-6, atol=2e-6)
+    _compare(walk_arrays(), golden, rtol=2e-6, atol=2e-6)
 
 
 @pytest.mark.slow
@@ -112,7 +125,7 @@ if __name__ == "__main__":
         sys.exit("usage: python tests/behaviour_test.py --record")
     import tempfile
 
-    arrays = math_arrays()
+    arrays = {**law_arrays(), **walk_arrays()}
     with tempfile.TemporaryDirectory() as workdir:
         arrays.update(train_arrays(workdir))
     os.makedirs(os.path.dirname(GOLDEN), exist_ok=True)
