@@ -9,13 +9,16 @@ anything compiles. Math code never sees a ConfigDict.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import flax.linen as nn
+import jax
 
-from nnd import data, increments, likelihood, losses, models, processes, samplers, walks
+from nnd import data, increments, likelihood, losses, models, paths, processes, samplers, walks
 
-__all__ = ["ConfigError", "Experiment", "Optim", "resolve", "DATASETS"]
+__all__ = ["ConfigError", "Experiment", "Optim", "resolve", "DATASETS", "RUN_FIELDS",
+           "check_same_run"]
 
 #: Dataset names the data module knows.
 DATASETS = data.DATASETS
@@ -132,6 +135,13 @@ def _check_eval(e):
     if e.fid_weights and not os.path.isfile(e.fid_weights):
         raise ConfigError(f"config.eval.fid_weights: no such file {e.fid_weights!r} "
                          "(see nnd/inception.py for how to obtain the weights)")
+    if e.fid_weights:
+        from nnd import inception  # noqa: PLC0415  (only when weights are given)
+
+        try:  # before hours of evaluation, not after
+            inception.load_weights(e.fid_weights)
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"config.eval.fid_weights: {err}") from None
 
 
 def resolve(config, num_devices: int = 1) -> Experiment:
@@ -206,3 +216,52 @@ def resolve(config, num_devices: int = 1) -> Experiment:
                   skip_nonfinite=bool(config.train.skip_nonfinite))
     return Experiment(process, q, p, sampling_law, num_steps, model, sampling, optim,
                       int(config.seed))
+
+
+#: The fields a checkpoint depends on: another value of any of them makes the workdir's
+#: checkpoints those of another run (other parameter shapes, or another model of the data).
+RUN_FIELDS = ("data.name", "model", "process", "loss.q", "loss.p")
+RUN_CONFIG = "run_config.json"
+
+
+def _run_fields(config) -> dict:
+    flat = {}
+    for field in RUN_FIELDS:
+        section, _, name = field.partition(".")
+        value = config[section][name] if name else config[section]
+        if hasattr(value, "to_dict"):
+            for key, item in sorted(value.to_dict().items()):
+                flat[f"{field}.{key}"] = item
+        else:
+            flat[field] = value
+    return json.loads(json.dumps(flat, default=str))  # tuples as lists, as stored
+
+
+def check_same_run(workdir: str, config, *, record: bool) -> None:
+    """Refuses a workdir whose checkpoints were trained with other :data:`RUN_FIELDS`.
+
+    Training records the fields in ``WORKDIR/run_config.json`` (``record=True``: when the
+    workdir has no checkpoint yet, or has checkpoints from before the record existed);
+    a later training compares every field against it, and evaluation and sampling
+    (``record=False``) the network's (``data.name``, ``model``): they may take the
+    checkpoint under another law or process on purpose.
+
+    Raises:
+      ConfigError: naming every field that differs, with both values.
+    """
+    root = paths.get(workdir)
+    stored_path, now = root / RUN_CONFIG, _run_fields(config)
+    checkpoints = root / "checkpoints"
+    has_checkpoint = checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())
+    stored = json.loads(stored_path.read_text()) if stored_path.exists() else None
+    if stored is not None and has_checkpoint:
+        network = ("data.name", "model.")
+        differ = [f"config.{k} is {stored.get(k)!r} there, {now.get(k)!r} here"
+                  for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)
+                  and (record or k.startswith(network))]
+        if differ:
+            raise ConfigError(f"workdir {workdir!r} holds checkpoints of another config: "
+                              + "; ".join(differ) + ". Use another --workdir, or the same fields.")
+        return
+    if record and jax.process_index() == 0:
+        paths.write(stored_path, json.dumps(now, indent=1, sort_keys=True) + "\n")

@@ -307,6 +307,9 @@ def load_weights(path: str) -> dict:
     except FileNotFoundError:
         raise FileNotFoundError(f"no FID weights at {path!r}; the nnd.inception module "
                                 "docstring says how to make them") from None
+    except (ValueError, OSError, zipfile.BadZipFile) as err:  # not an .npz at all
+        raise ValueError(f"{path} is not an .npz of FID weights ({type(err).__name__}); the "
+                         "nnd.inception module docstring says how to make them") from None
     return _check_and_unflatten(flat, path)
 
 

@@ -34,49 +34,10 @@ def test_law_specs_and_process_parameters_train_a_toy_from_the_command_line(tmp_
     assert len([line for line in lines if "] done: step 4 of 4" in line]) == 1
 
 
-@pytest.mark.fast_first
-@pytest.mark.parametrize("args, message", [
-    (["--config.loss.q=cauchy"], "nnd: config.loss.q: unknown increment law 'cauchy'"),
-    (["--config.process.params.sigma_max=80"], "nnd: config.process: process 'vp' got unexpected"),
-    (["--mode=sample"], "nnd: no checkpoint in"),
-])
-def test_a_users_mistake_is_one_line_and_no_traceback(tmp_path, args, message):
-    result = _main("--config=configs/toy_gaussian.py", f"--workdir={tmp_path / 'w'}", *TINY, *args)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "w").exists()  # refused before anything is created
-    assert [line for line in result.stderr.splitlines() if line.startswith("nnd: ")] == [
-        next(line for line in result.stderr.splitlines() if line.startswith(message))]
+# One-line errors for a user's mistakes: every row of docs/errors.md, tests/user_errors_test.py.
 
 
-_FULL_DISK_CHILD = """
-import errno, sys
-from absl import app
-from nnd import main, paths
-original = paths.append
-
-def append(path, data):  # the disk fills when step 4 is logged
-    if str(path).endswith("metrics.jsonl") and '"step": 4' in str(data):
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
-    return original(path, data)
-
-paths.append = append
-sys.argv = ["nnd.main"] + sys.argv[1:]
-app.run(main.main)
-"""
-
-
-@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
-def test_a_disk_that_fills_mid_run_prints_one_line_naming_the_last_good_checkpoint(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-c", _FULL_DISK_CHILD, "--config=configs/toy_gaussian.py",
-         f"--workdir={tmp_path}", *TINY, "--config.train.checkpoint_every=2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    assert [line for line in result.stderr.splitlines() if line.startswith("nnd: ")] == [
-        f"nnd: workdir {str(tmp_path)!r}: no space left on the disk; the last good checkpoint is "
-        f"step 2 in {tmp_path}/checkpoints. Free some space and rerun the same command to resume."]
+# The disk filling mid-run: row 25 of docs/errors.md.
 
 
 def test_orbax_tracebacks_of_a_full_disk_and_closed_event_loops_are_hidden():
@@ -99,6 +60,25 @@ def test_orbax_tracebacks_of_a_full_disk_and_closed_event_loops_are_hidden():
     real = types.SimpleNamespace(exc_value=RuntimeError("real"))
     main._quiet_closed_loop(real, previous=seen.append)
     assert seen == [real]
+
+
+def test_library_tracebacks_are_dropped_but_their_line_kept():
+    # gcsfs logs each failed retry of an unreachable bucket with a traceback; nnd's one
+    # line names the cause, so the library's line stays and its traceback goes.
+    import logging
+    import sys as sys_
+
+    from nnd import main
+
+    try:
+        raise ConnectionError("Cannot connect to host storage.googleapis.com:443")
+    except ConnectionError:
+        info = sys_.exc_info()
+    record = logging.LogRecord("gcsfs", logging.ERROR, "/x/gcsfs/retry.py", 1,
+                               "_request out of retries", None, info)
+    assert main._QuietLibraries().filter(record) and record.exc_info is None
+    ours = logging.LogRecord("absl", logging.ERROR, "/x/nnd/train.py", 1, "mine", None, info)
+    assert main._QuietLibraries().filter(ours) and ours.exc_info is not None
 
 
 @pytest.mark.parametrize("env, libtpu, present, plugins, expected", [
