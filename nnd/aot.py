@@ -42,7 +42,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
 
 from nnd import config as config_lib
-from nnd import data, likelihood, models, processes, samplers, train
+from nnd import data, likelihood, models, paths, processes, samplers, train
 
 __all__ = ["Chip", "CHIPS", "ASSUMED_MFU", "Topology", "TopologyError", "parse_topology",
            "topology_devices", "flop_count", "compile_report", "format_table", "run"]
@@ -405,11 +405,8 @@ def run(config, workdir: str, topology: str | None) -> dict:
                             "v5litepod-16)")
     parsed = parse_topology(topology)
     report = compile_report(config, parsed)
-    out_dir = os.path.join(workdir, "compile")
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"{parsed.name.replace(':', '_')}.json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=1)
+    path = paths.get(workdir) / "compile" / f"{parsed.name.replace(':', '_')}.json"
+    paths.write(path, json.dumps(report, indent=1))  # local or gs://, whole or not at all
     print(format_table(report))
     print(f"written {path}")
     return report

@@ -49,17 +49,20 @@ def test_main_reports_an_unknown_topology_in_one_line(tmp_path):
         next(line for line in result.stderr.splitlines() if "unknown TPU topology 'v4-7'" in line)]
 
 
-def test_the_table_prints_estimates_with_three_significant_figures():
+def _toy_report():
     program = {"argument_bytes": 2**20, "output_bytes": 2**20, "temp_bytes": 2**21,
                "total_bytes": 2**22, "fits": True, "flops": 1.234e6, "compile_seconds": 3.0,
                "flops_per_example": 1.234e6 / 64}
-    report = {"topology": "v4-8", "libtpu_topology": "v4:2x2x1", "num_devices": 4,
+    return {"topology": "v4-8", "libtpu_topology": "v4:2x2x1", "num_devices": 4,
               "device_kind": "TPU v4", "num_processes": 1, "hbm_bytes_per_chip": 32 * 2**30,
               "config": {"dataset": "gmm8", "model": "mlp", "dtype": "float32", "remat": False,
                          "global_batch": 64, "per_device_batch": 16, "num_steps": 20000},
               "programs": {"train_step": program}, "fits": True,
               "estimate": aot._estimate(1.234e6, aot.parse_topology("v4-8"), 20000)}
-    table = aot.format_table(report)
+
+
+def test_the_table_prints_estimates_with_three_significant_figures():
+    table = aot.format_table(_toy_report())
     step = 1.234e6 / (4 * 275e12 * aot.ASSUMED_MFU)  # 3.74e-9 s: a toy step on four v4 chips
     assert f"ESTIMATED {step * 1e6:.3g} µs/step, {step * 2e4 * 1e6:.3g} µs to 20,000 steps" in table
     assert "0.0 ms" not in table and " 0.0 h" not in table
@@ -67,6 +70,19 @@ def test_the_table_prints_estimates_with_three_significant_figures():
     assert [aot._duration(s) for s in (62e-3, 21.7e-3 * 1e6, 150.0, 2.5e-7)] == [
         "62 ms", "6.03 h", "2.5 min", "0.25 µs"]
     assert [aot._figure(x) for x in (13804.2, 13.21, 0.001234)] == ["13,804", "13.2", "0.00123"]
+
+
+def test_a_gs_workdir_gets_the_report_and_the_local_disk_nothing(tmp_path, monkeypatch):
+    from nnd import paths
+    from tests import fake_gcs
+
+    monkeypatch.chdir(tmp_path)  # compiling is stood in for: the write is what is tested
+    monkeypatch.setattr(aot, "compile_report", lambda config, topology: _toy_report())
+    with fake_gcs.serve() as (store, _):
+        report = aot.run(defaults.default(), "gs://bucket/run", "v4-8")
+        assert json.loads(paths.get("gs://bucket/run/compile/v4-8.json").read_text()) == report
+        assert not store.unsupported, store.unsupported
+    assert os.listdir(tmp_path) == []
 
 
 def test_likelihood_solve_runs_at_highest_precision():
