@@ -73,6 +73,9 @@ def default() -> ml_collections.ConfigDict:
     """The toy default: `gmm8`, Laplace/Laplace steps, VP process, the MLP (about 2 min on 2 CPU cores)."""
     config = ml_collections.ConfigDict()
     config.seed = 0  # root PRNG seed; every other key is folded from it
+    # Persistent compilation cache (a restart loads its programs): "workdir" keeps it in
+    # WORKDIR/compile_cache (local or gs://), "" turns it off, any other path is used as is.
+    config.compile_cache = "workdir"
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "gmm8"  # gmm8 | checkerboard | moons | swissroll | digits | mnist | cifar10

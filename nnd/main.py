@@ -18,7 +18,7 @@ from ml_collections import config_flags
 
 import jax
 
-from nnd import aot, checkpoints, evaluate, paths, train
+from nnd import aot, checkpoints, compile_cache, evaluate, paths, train
 from nnd import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -321,6 +321,7 @@ def main(argv):
             if FLAGS.mode == "train":
                 checkpoints.check_workdir(FLAGS.workdir)
             config_lib.check_same_run(FLAGS.workdir, FLAGS.config, record=FLAGS.mode == "train")
+        compile_cache.setup(FLAGS.config.compile_cache, FLAGS.workdir)
         logging.info("devices: %s", jax.devices())
         run(FLAGS.config, FLAGS.workdir)
     except USER_ERRORS as err:
