@@ -22,7 +22,9 @@ TensorFlow). Training never downloads: unprepared data raises :class:`DataError`
 ``prepare`` when the download server cannot be reached (within seconds, not after
 tfds's ten retries). ``--manual_dir`` takes the raw files (``cifar-10-binary.tar.gz``;
 MNIST's four ``*-ubyte.gz``) from a folder instead of the network; ``--cache`` shares
-one preparation between the hosts of a slice (see :func:`prepare`).
+one preparation between the hosts of a slice (see :func:`prepare`). Ctrl-C or SIGTERM
+leaves no half-made dataset (tfds builds in an ``incomplete.*`` folder and renames it;
+the next ``prepare`` removes one a SIGKILL left) and prints one line; rerun to prepare.
 
 Toys (2-D, drawn fresh from a key):
 
@@ -49,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnd import keys, oracles
+from nnd import keys, oracles, paths
 
 __all__ = ["toy_batch", "TOYS", "IMAGES", "ImageSpec", "image_source", "image_dataset",
            "dequantize", "example_shape", "Batches", "make_batches", "DATASETS", "DataError",
@@ -339,22 +341,59 @@ def _probe(name: str, urls, data_dir: str, timeout: float) -> None:
                 f"--manual_dir=FOLDER, or copy a prepared {name}/ folder into {data_dir}") from None
 
 
-def _copy_variant(src, dst) -> None:
-    """Copies a prepared ``NAME/VERSION`` folder, ``dataset_info.json`` last.
+#: tfds's prefix for a folder in the making (``incomplete.XXXXXX_VERSION``); nnd's copies too.
+_INCOMPLETE = "incomplete."
 
-    tfds counts a folder as prepared only once ``dataset_info.json`` is there, so a copy
-    cut short is redone by the next ``prepare`` rather than read half-written.
+
+def _remove_incomplete(target: str) -> None:
+    """Removes the folders in the making that an interrupted ``prepare`` left next to ``target``.
+
+    tfds builds ``NAME/VERSION`` in ``NAME/incomplete.XXXXXX_VERSION`` and renames it when
+    done; Ctrl-C and SIGTERM remove it on the way out, a SIGKILL or a power cut do not.
+    """
+    parent, version = os.path.split(os.path.normpath(target))
+    if not os.path.isdir(parent):
+        return
+    for entry in os.scandir(parent):
+        if entry.is_dir() and entry.name.startswith(_INCOMPLETE) and entry.name.endswith(
+                f"_{version}"):
+            _say(f"removing {entry.path}, left by an interrupted preparation")
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _copy_variant(src, dst) -> None:
+    """Copies a prepared ``NAME/VERSION`` folder, whole or not at all.
+
+    A local ``dst`` is filled as ``incomplete.nnd<pid>_VERSION`` beside it and renamed
+    when complete (removed if interrupted). In a bucket every object is uploaded whole,
+    ``dataset_info.json`` last: tfds counts a folder as prepared only once that file is
+    there, so a copy cut short is redone by the next ``prepare`` rather than read.
     """
     from etils import epath  # noqa: PLC0415
 
-    src, dst = epath.Path(src), epath.Path(dst)
+    src = epath.Path(src)
     files = sorted((f for f in src.iterdir() if not f.is_dir()),
                    key=lambda f: f.name == "dataset_info.json")
-    if "://" not in os.fspath(dst):
-        dst.mkdir(parents=True, exist_ok=True)
-    for f in files:
-        with f.open("rb") as reader, (dst / f.name).open("wb") as writer:
-            shutil.copyfileobj(reader, writer, 16 << 20)
+    remote = "://" in os.fspath(dst)
+    if remote:
+        staging = epath.Path(dst)
+    else:
+        dst = os.path.normpath(os.fspath(dst))
+        parent, version = os.path.split(dst)
+        staging = epath.Path(parent) / f"{_INCOMPLETE}nnd{os.getpid()}_{version}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    try:
+        for f in files:
+            with f.open("rb") as reader, (staging / f.name).open("wb") as writer:
+                shutil.copyfileobj(reader, writer, 16 << 20)
+        if not remote:
+            shutil.rmtree(dst, ignore_errors=True)  # a copy cut short by an older nnd
+            os.replace(staging, dst)
+    except BaseException:
+        if not remote:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _is_variant(path) -> bool:
@@ -398,6 +437,7 @@ def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = 
         builder = tfds.builder(spec.tfds_name, data_dir=data_dir, file_format=_FILE_FORMAT)
     target = os.fspath(builder.data_dir)
     cached = f"{cache.rstrip('/')}/{spec.tfds_name}/{builder.version}" if cache else None
+    _remove_incomplete(target)
     if cached and _is_variant(cached):
         _say(f"copying {name} from {cached} to {target}")
         _copy_variant(cached, target)
@@ -473,9 +513,12 @@ def main(argv=None) -> int:
         tfds.disable_progress_bar()
     for name in args.names:
         start = time.time()
+        data_dir = tfds_data_dir(args.data_dir)
         try:
-            path = prepare(name, data_dir=args.data_dir, manual_dir=args.manual_dir,
-                           cache=args.cache)
+            with paths.interruptible(f"preparing {name}", f"nothing half-made is left in "
+                                     f"{data_dir}; rerun the same command to prepare it"):
+                path = prepare(name, data_dir=args.data_dir, manual_dir=args.manual_dir,
+                               cache=args.cache)
         except DataError as err:
             if args.debug:
                 raise

@@ -315,7 +315,18 @@ def shift_kl_curves(q, p) -> tuple[dict, str]:
 
 def evaluate(config, workdir: str) -> dict:
     """Evaluates the latest EMA parameters; writes ``workdir/eval/metrics.json``, pictures and
-    TensorBoard events (``workdir/tensorboard/eval``, at the checkpoint's step)."""
+    TensorBoard events (``workdir/tensorboard/eval``, at the checkpoint's step).
+
+    Ctrl-C or SIGTERM ends it with one line ``nnd: interrupted ...`` and exit status 130 or
+    143 (:func:`nnd.paths.interruptible`): every file is whole, the new or the old one;
+    rerunning the same command evaluates again and overwrites them.
+    """
+    with paths.interruptible("evaluating", "no file is half-written; rerun the same command "
+                             "to evaluate again", sigterm=jax.process_count() == 1):
+        return _evaluate(config, workdir)
+
+
+def _evaluate(config, workdir: str) -> dict:
     start = time.time()
     run = restore(config, workdir)
     checkpoints.check_workdir(workdir)  # writable, before minutes of work
@@ -380,10 +391,19 @@ def sample(config, workdir: str):
     """Draws ``sampling.num_samples`` from the latest EMA parameters with the configured sampler.
 
     Writes ``workdir/samples.npz`` (arrays ``samples`` in the data space of the
-    training batches, and ``nfe``) and ``workdir/samples.png``.
+    training batches, and ``nfe``) and ``workdir/samples.png``. Ctrl-C or SIGTERM ends it
+    as :func:`evaluate` (one line, exit status 130 or 143, no file half-written).
     """
+    with paths.interruptible("sampling", "no file is half-written; rerun the same command "
+                             "to sample again", sigterm=jax.process_count() == 1):
+        return _sample(config, workdir)
+
+
+def _sample(config, workdir: str):
     run = restore(config, workdir)
     checkpoints.check_workdir(workdir)
+    logging.info("sampling %d with the %s sampler from checkpoint step %d",
+                 config.sampling.num_samples, run.experiment.sampling.sampler, run.step)
     samples, nfe = draw(run, config.sampling.num_samples, keys.stream(run.root, keys.Stream.SAMPLE))
     if jax.process_index() == 0:
         root = paths.get(workdir)

@@ -15,19 +15,28 @@ Object stores have no append and no rename, so:
 - :func:`append` adds to a local file in place and rewrites a remote object, which
   then is whole and visible after every call (for small files: ``metrics.jsonl``
   and TensorBoard events, a few hundred bytes per logged step).
+
+A command interrupted by Ctrl-C (SIGINT) or SIGTERM inside :func:`interruptible` stops
+at the next Python instruction: a :func:`write` in progress removes its temporary file
+and leaves the target as it was, and the user reads one line ``nnd: interrupted ...``
+(exit status 130 or 143, no traceback). Rerunning the same command redoes the work.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
-from typing import Union
+import signal
+import sys
+import threading
+from typing import Callable, Union
 
 import numpy as np
 from etils import epath
 
 __all__ = ["UnsupportedPath", "get", "is_remote", "write", "append", "savez", "load_npz",
-           "copytree"]
+           "copytree", "Interrupted", "interruptible"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -112,3 +121,41 @@ def copytree(src: PathLike, dst: PathLike) -> None:
         if not is_remote(target):
             target.parent.mkdir(parents=True, exist_ok=True)
         child.copy(target, overwrite=True)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM inside :func:`interruptible`: raised like Ctrl-C's KeyboardInterrupt, so every
+    ``finally`` and ``except BaseException`` (a :func:`write`'s clean-up) runs."""
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def interruptible(doing: str, then: Union[str, Callable[[], str]] = "rerun the same command", *,
+                  sigterm: bool = True):
+    """Ctrl-C or SIGTERM in the block ends the command with one line, not a traceback.
+
+    SIGTERM's default (death on the spot, temporary files left behind) becomes
+    :class:`Interrupted` in the main thread while the block runs; either signal then
+    unwinds the block (files in progress are removed by their writers), prints
+    ``nnd: interrupted (Ctrl-C) while <doing>; <then>`` on stderr and raises
+    ``SystemExit(128 + signal)``: 130 for Ctrl-C, 143 for SIGTERM. ``then`` (a string, or a
+    function called at that moment) says what a rerun does. The previous SIGTERM handler
+    is restored on exit. ``sigterm=False`` leaves SIGTERM alone (several JAX processes:
+    JAX's own preemption notifier handles it).
+    """
+    main = sigterm and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if main else None
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        sigterm = isinstance(err, Interrupted)
+        note = then() if callable(then) else then
+        print(f"nnd: interrupted ({'SIGTERM' if sigterm else 'Ctrl-C'}) while {doing}; {note}",
+              file=sys.stderr, flush=True)
+        raise SystemExit(128 + int(signal.SIGTERM if sigterm else signal.SIGINT)) from None
+    finally:
+        if main:  # None: a handler not set from Python; the default is the nearest
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

@@ -306,8 +306,17 @@ def train(config, workdir: str, *, batches=None, mesh=None) -> TrainState:
     step s, records of steps after s (``metrics.jsonl``, TensorBoard) are dropped
     first: they describe steps that are about to be trained again. A disk that fills
     mid-run raises :class:`nnd.checkpoints.WorkdirError` naming the workdir and
-    the last good checkpoint. ``workdir`` may be local or remote (gs://).
+    the last good checkpoint. ``workdir`` may be local or remote (gs://). Ctrl-C or
+    SIGTERM in the loop checkpoints and returns (:class:`nnd.checkpoints.Preemption`);
+    before the loop, or a second Ctrl-C, ends the command with one line naming the last
+    good checkpoint and exit status 130 or 143 (:func:`nnd.paths.interruptible`).
     """
+    with paths.interruptible("training", lambda: f"{_last_good(workdir)}; rerun the same "
+                             "command to resume", sigterm=jax.process_count() == 1):
+        return _train(config, workdir, batches=batches, mesh=mesh)
+
+
+def _train(config, workdir: str, *, batches, mesh) -> TrainState:
     started = time.time()
     mesh = make_mesh() if mesh is None else mesh
     config_lib.resolve(config, num_devices=mesh.size)  # an invalid config creates nothing
