@@ -46,7 +46,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnd import batching, checkpoints, data, increments, keys, likelihood, losses, metrics
+from nnd import (batching, checkpoints, compile_cache, data, increments, keys, likelihood, losses,
+                 metrics)
 from nnd import models, oracles, paths, pictures, processes, samplers, summaries
 from nnd import config as config_lib
 
@@ -135,7 +136,11 @@ def _likelihood(config, run: Restored, x, levels, key) -> dict:
     nfes, unfinished = [], []
 
     def log_prob_fn(z, k):
-        lp, nfe, finished = solve(run.params, z, k)
+        if nfes:
+            lp, nfe, finished = solve(run.params, z, k)
+        else:  # the first call compiles (or loads) the solve: one line says which
+            with compile_cache.logged(f"likelihood solve (batch {len(z)})"):
+                lp, nfe, finished = jax.block_until_ready(solve(run.params, z, k))
         nfes.append(int(nfe))
         unfinished.append(not bool(finished))
         return lp
@@ -195,6 +200,7 @@ def _walk_bound(config, run: Restored, x, levels, key) -> dict:
               "grid": sampling.grid}
 
     def run_terms(fn, key_):
+        @functools.partial(compile_cache.first_call_logged, f"{fn.__name__} (batch {batch_size})")
         @jax.jit
         def terms(params, z, k):
             eps_fn = lambda x_, t_: model.apply({"params": params}, x_, t_)  # noqa: E731

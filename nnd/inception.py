@@ -55,7 +55,7 @@ import numpy as np
 from flax import traverse_util
 from jax.typing import ArrayLike
 
-from nnd import paths
+from nnd import compile_cache, paths
 from nnd.batching import map_batches
 
 __all__ = [
@@ -256,7 +256,7 @@ def make_feature_fn(variables: Variables, *,
     :func:`nnd.batching.map_batches`, which logs progress as "FID features".
     """
     variables = jax.device_put(variables)
-    jitted = jax.jit(features)
+    jitted = compile_cache.first_call_logged(f"FID features (batch {batch_size})", jax.jit(features))
 
     def feature_fn(images_NxHxWxC: ArrayLike) -> np.ndarray:
         return map_batches(lambda batch, _: jitted(variables, batch), images_NxHxWxC,

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnd import batching, ode, walks
+from nnd import batching, compile_cache, ode, walks
 from nnd import processes as processes_lib
 from nnd.increments import Law
 from nnd.processes import Process, ScoreFn
@@ -200,6 +200,10 @@ def compiled(model: nn.Module, process: Process, law: Law, shape: tuple, setting
     return jax.jit(draw_batch)
 
 
+#: Compiled samplers that have run once in this process (their compile line is logged).
+_USED: set = set()
+
+
 def _apply(model, params, x, t_B):
     return model.apply({"params": params}, x, t_B)
 
@@ -215,9 +219,15 @@ def draw(model: nn.Module, params, process: Process, law: Law, settings: Setting
     batch = min(num_samples, settings.batch_size)
     draw_batch = compiled(model, process, law, (batch,) + tuple(example_shape), settings)
     nfes = []
+    name = f"sampler ({settings.sampler}, {law}, {settings.num_steps} steps, batch {batch})"
 
     def one_batch(_, i):
-        x, nfe = draw_batch(params, jax.random.fold_in(key, i))
+        if draw_batch in _USED:
+            x, nfe = draw_batch(params, jax.random.fold_in(key, i))
+        else:  # the first call compiles (or loads) it: one line says which
+            with compile_cache.logged(name):
+                x, nfe = jax.block_until_ready(draw_batch(params, jax.random.fold_in(key, i)))
+            _USED.add(draw_batch)
         nfes.append(nfe)
         return x
 

@@ -27,7 +27,8 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from nnd import checkpoints, data, keys, losses, models, paths, pictures, samplers, summaries
+from nnd import (checkpoints, compile_cache, data, keys, losses, models, paths, pictures, samplers,
+                 summaries)
 from nnd import config as config_lib
 
 __all__ = ["TrainState", "Run", "NonFiniteError", "make_optimizer", "init_state", "abstract_state",
@@ -209,7 +210,9 @@ def build(config, workdir: str, *, batches, mesh) -> Run:
         state = jax.jit(functools.partial(init_state, experiment.model, jitted.tx),
                         out_shardings=state_sharding)(keys.stream(root, keys.Stream.INIT), example)
     return Run(experiment=experiment, schedule=jitted.schedule, mesh=mesh,
-               batch_sharding=jitted.batch_sharding, step_fn=jitted.step_fn, manager=manager, state=state, root=root, batches=batches,
+               batch_sharding=jitted.batch_sharding,
+               step_fn=compile_cache.first_call_logged("train step", jitted.step_fn),
+               manager=manager, state=state, root=root, batches=batches,
                example_shape=tuple(batches.shape))
 
 

@@ -114,7 +114,9 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path, uni
     proc.kill()
     proc.communicate()
     saved = _checkpoints(tmp_path)
-    assert saved and seen - 50 - 10 <= saved[-1] <= TOTAL  # at most one interval behind
+    # Saves are asynchronous and a save waits for the one before it, so the newest finalised
+    # checkpoint is at most two intervals (the one in flight, and the steps since) behind.
+    assert saved and seen - 2 * 50 - 10 <= saved[-1] <= TOTAL
     run = _build(_config(), str(tmp_path))
     assert int(run.state.step) == saved[-1]
     run.manager.close()
