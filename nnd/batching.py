@@ -8,12 +8,12 @@ the oracle comparisons of the experiments.
 
 from __future__ import annotations
 
-import logging
-import time
 from typing import Callable
 
 import jax
 import numpy as np
+
+from nnd.progress import Progress
 
 __all__ = ["map_batches"]
 
@@ -29,7 +29,9 @@ def map_batches(fn: Callable, xs, batch_size: int, *, label: str | None = None,
       xs: the inputs, leading axis N ≥ 1 (host or device arrays).
       batch_size: examples per call (≥ 1); the last batch is padded by repeating
         the last example, and the padding is dropped.
-      label: if given, log ``"<label>: batch i/n, ETA"`` every ``progress_every`` s.
+      label: if given (and there is more than one batch), show progress under this
+        name (:class:`nnd.progress.Progress`): a live bar on a terminal, else a
+        line ``"<label>: i/n batches, rate, ETA"`` every ``progress_every`` s.
 
     Returns:
       The outputs of ``fn`` as host numpy arrays with leading axis N. Batch i's
@@ -47,17 +49,18 @@ def map_batches(fn: Callable, xs, batch_size: int, *, label: str | None = None,
         raise ValueError(f"map_batches: batch_size must be >= 1, got {batch_size}")
     num_batches = -(-n // batch_size)
     outputs, pending = [], None
-    start = last = time.time()
-    for i in range(num_batches):
-        idx = np.minimum(np.arange(i * batch_size, (i + 1) * batch_size), n - 1)
-        result = fn(jax.tree.map(lambda a: a[idx], xs), i)
-        if pending is not None:
-            outputs.append(jax.tree.map(np.asarray, pending))
-        pending = result
-        now = time.time()
-        if label and num_batches > 1 and (now - last > progress_every or i + 1 == num_batches):
-            eta = (now - start) / (i + 1) * (num_batches - i - 1)
-            logging.info("%s: batch %d/%d, ETA %.0f s", label, i + 1, num_batches, eta)
-            last = now
+    progress = Progress(label, num_batches, every=progress_every) if label and num_batches > 1 else None
+    try:
+        for i in range(num_batches):
+            idx = np.minimum(np.arange(i * batch_size, (i + 1) * batch_size), n - 1)
+            result = fn(jax.tree.map(lambda a: a[idx], xs), i)
+            if pending is not None:
+                outputs.append(jax.tree.map(np.asarray, pending))
+            pending = result
+            if progress is not None:
+                progress.update()
+    finally:
+        if progress is not None:
+            progress.close()
     outputs.append(jax.tree.map(np.asarray, pending))
     return jax.tree.map(lambda *a: np.concatenate(a)[:n], *outputs)

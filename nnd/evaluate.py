@@ -50,6 +50,7 @@ from nnd import (batching, checkpoints, compile_cache, data, increments, keys, l
                  metrics)
 from nnd import models, oracles, paths, pictures, processes, samplers, summaries
 from nnd import config as config_lib
+from nnd.progress import Progress
 
 __all__ = ["TABLE1_PAIRS", "Restored", "restore", "held_out", "draw", "evaluate", "sample"]
 
@@ -145,16 +146,16 @@ def _likelihood(config, run: Restored, x, levels, key) -> dict:
         unfinished.append(not bool(finished))
         return lp
 
-    def progress(done, total):
-        eta = (time.time() - start) / done * (total - done)
-        logging.info("likelihood: batch %d/%d (NFE %d), ETA %.0f s", done, total, nfes[-1], eta)
-
     start = time.time()
     dim = math.prod(run.example_shape)
     if levels is not None:
-        result = likelihood.dataset_bpd(log_prob_fn, levels, run.num_levels,
-                                        batch_size=min(e.batch_size, len(levels)), key=key,
-                                        num_repeats=e.num_repeats, progress=progress)
+        batch_size = min(e.batch_size, len(levels))
+        with Progress("likelihood", e.num_repeats * -(-len(levels) // batch_size)) as bar:
+            result = likelihood.dataset_bpd(log_prob_fn, levels, run.num_levels,
+                                            batch_size=batch_size, key=key,
+                                            num_repeats=e.num_repeats,
+                                            progress=lambda done, total: (bar.set(nfe=nfes[-1]),
+                                                                          bar.update()))
         result["unit"] = "bits/dim"
     else:
         per_repeat = []

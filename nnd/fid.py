@@ -16,7 +16,7 @@ fitted to Inception pool features of two image sets (Dowson & Landau 1982):
   (a local or gs:// path, :mod:`nnd.paths`).
 - :func:`fid`: samples against reference statistics.
 
-Streams of batches log one progress line (images done, ETA) per interval when told
+Streams of batches show their progress in images (:mod:`nnd.progress`) when told
 their ``total``.
 
 The features come from any ``feature_fn: images [N, H, W, C] -> features [N, D]``; the
@@ -27,13 +27,14 @@ FID one is :func:`nnd.inception.make_feature_fn` (the network and its weights li
 from __future__ import annotations
 
 import logging
-import time
+from contextlib import nullcontext
 from typing import Callable, Iterable
 
 import numpy as np
 from jax.typing import ArrayLike
 
 from nnd import paths
+from nnd.progress import Progress
 
 __all__ = [
     "statistics",
@@ -97,34 +98,34 @@ def _feature_statistics(feature_fn: FeatureFn, batches, *, label: str = "FID fea
 
     Batches merge by Chan, Golub & LeVeque's (1979) pairwise update of (count, mean,
     centred sum of squares M), which equals the two-pass result without keeping features.
-    With ``total`` (the number of images), logs ``"<label>: n/total images, ETA"``
-    every ``progress_every`` seconds.
+    With ``total`` (the number of images), shows progress in images under ``label``
+    (:class:`nnd.progress.Progress`: a bar on a terminal, else a line every
+    ``progress_every`` seconds).
     """
     n, mean, m2 = 0, None, None
-    start = last = time.time()
-    for batch in _as_batches(batches):
-        f = np.asarray(feature_fn(batch), np.float64)
-        if len(f) == 0:
-            continue
-        mean_b = f.mean(axis=0)
-        centred = f - mean_b
-        m2_b = centred.T @ centred
-        if mean is None:
-            n, mean, m2 = len(f), mean_b, m2_b
-        else:
-            count = n + len(f)
-            delta = mean_b - mean
-            mean = mean + delta * (len(f) / count)
-            m2 = m2 + m2_b + np.outer(delta, delta) * (n * len(f) / count)
-            n = count
-        now = time.time()
-        if total and (now - last > progress_every or n >= total):
-            logging.info("%s: %d/%d images, ETA %.0f s", label, n, total,
-                         (now - start) / n * max(total - n, 0))
-            last = now
+    with Progress(label, total, unit="image", every=progress_every) if total else nullcontext() as bar:
+        for batch in _as_batches(batches):
+            n, mean, m2 = _merge(n, mean, m2, np.asarray(feature_fn(batch), np.float64))
+            if bar is not None:
+                bar.update(min(n, total) - bar.n)
     if n < 2:
         raise ValueError(f"FID statistics need at least 2 images, got {n}")
     return mean, m2 / (n - 1), n
+
+
+def _merge(n, mean, m2, f):
+    """(count, mean, M) of the features so far merged with a batch ``f`` [B, D]."""
+    if len(f) == 0:
+        return n, mean, m2
+    mean_b = f.mean(axis=0)
+    centred = f - mean_b
+    m2_b = centred.T @ centred
+    if mean is None:
+        return len(f), mean_b, m2_b
+    count = n + len(f)
+    delta = mean_b - mean
+    return (count, mean + delta * (len(f) / count),
+            m2 + m2_b + np.outer(delta, delta) * (n * len(f) / count))
 
 
 def reference_statistics(feature_fn: FeatureFn, batches: ArrayLike | Iterable[ArrayLike],

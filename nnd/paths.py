@@ -142,12 +142,16 @@ def interruptible(doing: str, then: Union[str, Callable[[], str]] = "rerun the s
     unwinds the block (files in progress are removed by their writers), prints
     ``nnd: interrupted (Ctrl-C) while <doing>; <then>`` on stderr and raises
     ``SystemExit(128 + signal)``: 130 for Ctrl-C, 143 for SIGTERM. ``then`` (a string, or a
-    function called at that moment) says what a rerun does. The previous SIGTERM handler
-    is restored on exit. ``sigterm=False`` leaves SIGTERM alone (several JAX processes:
-    JAX's own preemption notifier handles it).
+    function called at that moment) says what a rerun does. In the block Ctrl-C raises
+    KeyboardInterrupt whatever handler a library installed before; the previous SIGINT and
+    SIGTERM handlers are restored on exit. ``sigterm=False`` leaves SIGTERM alone (several
+    JAX processes: JAX's own preemption notifier handles it).
     """
-    main = sigterm and threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if main else None
+    main = threading.current_thread() is threading.main_thread()
+    # Ctrl-C raises KeyboardInterrupt here whatever handler an earlier library left.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
+    main_term = main and sigterm
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if main_term else None
     try:
         yield
     except KeyboardInterrupt as err:
@@ -156,6 +160,8 @@ def interruptible(doing: str, then: Union[str, Callable[[], str]] = "rerun the s
         print(f"nnd: interrupted ({'SIGTERM' if sigterm else 'Ctrl-C'}) while {doing}; {note}",
               file=sys.stderr, flush=True)
         raise SystemExit(128 + int(signal.SIGTERM if sigterm else signal.SIGINT)) from None
-    finally:
-        if main:  # None: a handler not set from Python; the default is the nearest
+    finally:  # None: a handler not set from Python; the default is the nearest
+        if main_term:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        if main:
+            signal.signal(signal.SIGINT, signal.SIG_DFL if previous_int is None else previous_int)

@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from nnd import (checkpoints, compile_cache, data, keys, losses, models, paths, pictures, samplers,
                  summaries)
 from nnd import config as config_lib
+from nnd.progress import Progress
 
 __all__ = ["TrainState", "Run", "NonFiniteError", "make_optimizer", "init_state", "abstract_state",
            "train_step", "JittedStep", "jit_train_step", "make_mesh", "build", "train"]
@@ -238,7 +239,8 @@ class _LateMetrics:
     ones: if they are not finite it raises NonFiniteError naming the step (or,
     with ``skip_nonfinite``, counts and logs the skipped update); on a log step it
     writes them (metrics.jsonl, TensorBoard, one log line with the rate and ETA).
-    :meth:`flush` processes what is pending (before a checkpoint and at the end),
+    On a terminal a live bar (:class:`nnd.progress.Progress`) follows every step;
+    :meth:`close` ends it. :meth:`flush` processes what is pending (before a checkpoint and at the end),
     so no checkpoint is ever written after a non-finite step.
     """
 
@@ -250,6 +252,10 @@ class _LateMetrics:
         self.skipped = 0
         self.last_loss = None
         self.t_last, self.step_last = None, start
+        self.bar = Progress("training", self.total, unit="step", lines=False, initial=start)
+
+    def close(self) -> None:
+        self.bar.close()
 
     def push(self, step: int, metrics) -> None:
         self.flush()
@@ -263,6 +269,7 @@ class _LateMetrics:
         host = jax.tree.map(np.asarray, metrics)
         if not bool(host["finite"]):
             self._nonfinite(step, float(host["loss"]), float(host["grad_norm"]))
+        self.bar.update(step - self.bar.n)
         if step % self.log_every == 0 or step == self.total:
             self._log(step, host)
 
@@ -291,6 +298,7 @@ class _LateMetrics:
         if rate is not None:
             record.update(steps_per_s=rate, examples_per_s=rate * self.batch_size)
         self.writer.write(step, record)
+        self.bar.set(loss=f"{self.last_loss:.4f}")
         speed = f"  {rate:.1f} steps/s  ETA {eta:.0f}s" if rate is not None else "  (compiling)"
         logging.info("step %d/%d  loss %.4f  grad_norm %.3f%s", step, self.total, record["loss"],
                      record["grad_norm"], speed)
@@ -367,6 +375,7 @@ def _train(config, workdir: str, *, batches, mesh) -> TrainState:
                                  "config.train.skip_nonfinite=True to skip such steps instead.") from None
         raise
     finally:
+        late.close()
         preemption.close()
     manager.close()
     loss = f"{late.last_loss:.4f}" if late.last_loss is not None else "not logged"

@@ -72,6 +72,7 @@ def test_eval_without_checkpoint_raises(tmp_path):
         evaluate.sample(_tiny_toy_config(), str(tmp_path))
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 def test_toy_eval_writes_every_file(tmp_path, caplog):
     config = _tiny_toy_config()
     train.train(config, str(tmp_path))

@@ -132,6 +132,7 @@ def test_features_shape_from_any_image_size(variables):
 
 def test_make_feature_fn_batches_compile_once_and_log(monkeypatch, caplog):
     """The batching around the network, with a cheap stand-in for ``features``."""
+    monkeypatch.setenv("NND_PROGRESS", "lines")  # as in a log file, even under pytest -s
     traces = []
 
     def fake_features(variables, images):
@@ -146,7 +147,7 @@ def test_make_feature_fn_batches_compile_once_and_log(monkeypatch, caplog):
         out = feature_fn(x)  # batches [0..2], [3..5], [6, padding]
     assert isinstance(out, np.ndarray) and out.shape == (7, 1)
     np.testing.assert_allclose(out, expected, rtol=1e-6)
-    assert "FID features: batch 3/3" in caplog.text
+    assert "FID features: 3/3 batches" in caplog.text
     np.testing.assert_allclose(feature_fn(jnp.asarray(x[:3])), expected[:3], rtol=1e-6)
     np.testing.assert_allclose(feature_fn(x[:1]), expected[:1], rtol=1e-6)
     assert traces == [(3, 2, 2, 1)]

@@ -110,6 +110,7 @@ def test_hutchinson_is_unbiased(probe):
     assert np.mean(np.abs(z) < 4) > 0.95
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 def test_rademacher_is_exact_for_a_diagonal_jacobian():
     mu, var = gaussian_case(3)
     gmm = oracles._as_gmm(np.ones(1), mu[None], np.diag(var)[None])

@@ -144,6 +144,7 @@ def test_output_depends_on_t_once_trained(name):
     assert np.abs(out_t - out).max() > 1e-3 * np.abs(out).max()
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 def test_unet_has_attention_where_asked():
     _, params, _, _, _ = _setup("unet_digits")
     names = list(params["params"])
@@ -386,6 +387,7 @@ def test_pointwise_is_a_one_by_one_convolution():
     _same_function(models.Pointwise(8), nn.Conv(8, (1, 1)), x)
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 @pytest.mark.fast_first
 @pytest.mark.parametrize("chunk", [16, 0, 12, 1000])  # 12 does not divide N = 64: 8 is used
 def test_attention_block_is_flax_attention_in_every_chunking(chunk):

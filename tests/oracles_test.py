@@ -155,6 +155,7 @@ def shared_mixtures():
     }
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 @pytest.mark.parametrize("mixture", fast_first(["gmm8", "anisotropic", "many", "full",
                                                  "diagonal-not-shared"]))
 def test_shared_covariance_path_matches_the_general_path(mixture):

@@ -242,6 +242,7 @@ def test_digits_laplace_loss_falls_and_writes_a_sample_grid(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 @pytest.mark.plumbing
 def test_uniform_gaussian_trains_exactly_like_gaussian_gaussian(tmp_path):
     # docs/math.md §4 (i): with p = gaussian the loss differs only by the constant l(0), so the
