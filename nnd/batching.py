@@ -49,7 +49,8 @@ def map_batches(fn: Callable, xs, batch_size: int, *, label: str | None = None,
         raise ValueError(f"map_batches: batch_size must be >= 1, got {batch_size}")
     num_batches = -(-n // batch_size)
     outputs, pending = [], None
-    progress = Progress(label, num_batches, every=progress_every) if label and num_batches > 1 else None
+    shown = label is not None and num_batches > 1
+    progress = Progress(label, num_batches, every=progress_every) if shown else None
     try:
         for i in range(num_batches):
             idx = np.minimum(np.arange(i * batch_size, (i + 1) * batch_size), n - 1)

@@ -103,10 +103,11 @@ def _feature_statistics(feature_fn: FeatureFn, batches, *, label: str = "FID fea
     ``progress_every`` seconds).
     """
     n, mean, m2 = 0, None, None
-    with Progress(label, total, unit="image", every=progress_every) if total else nullcontext() as bar:
+    bar = Progress(label, total, unit="image", every=progress_every) if total else nullcontext()
+    with bar:
         for batch in _as_batches(batches):
             n, mean, m2 = _merge(n, mean, m2, np.asarray(feature_fn(batch), np.float64))
-            if bar is not None:
+            if total:
                 bar.update(min(n, total) - bar.n)
     if n < 2:
         raise ValueError(f"FID statistics need at least 2 images, got {n}")

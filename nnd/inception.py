@@ -256,7 +256,8 @@ def make_feature_fn(variables: Variables, *,
     :func:`nnd.batching.map_batches`, which logs progress as "FID features".
     """
     variables = jax.device_put(variables)
-    jitted = compile_cache.first_call_logged(f"FID features (batch {batch_size})", jax.jit(features))
+    jitted = compile_cache.first_call_logged(f"FID features (batch {batch_size})",
+                                             jax.jit(features))
 
     def feature_fn(images_NxHxWxC: ArrayLike) -> np.ndarray:
         return map_batches(lambda batch, _: jitted(variables, batch), images_NxHxWxC,

@@ -240,8 +240,8 @@ class _LateMetrics:
     with ``skip_nonfinite``, counts and logs the skipped update); on a log step it
     writes them (metrics.jsonl, TensorBoard, one log line with the rate and ETA).
     On a terminal a live bar (:class:`nnd.progress.Progress`) follows every step;
-    :meth:`close` ends it. :meth:`flush` processes what is pending (before a checkpoint and at the end),
-    so no checkpoint is ever written after a non-finite step.
+    :meth:`close` ends it. :meth:`flush` processes what is pending (before a checkpoint
+    and at the end), so no checkpoint is ever written after a non-finite step.
     """
 
     def __init__(self, run: Run, config, writer, start: int):
