@@ -245,7 +245,11 @@ def _compile(label: str, jitted, args, hbm_bytes: float) -> dict:
         result = _memory(compiled, hbm_bytes)
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
-        result["xla_flops_per_device_loops_once"] = float((cost or {}).get("flops", -1.0))
+        cost = cost or {}
+        result["xla_flops_per_device_loops_once"] = float(cost.get("flops", -1.0))
+        result["xla_bytes_accessed_loops_once"] = float(cost.get("bytes accessed", -1.0))
+        if "optimal_seconds" in cost:  # XLA's own estimate; -1 or absent where it has none
+            result["xla_optimal_seconds"] = float(cost["optimal_seconds"])
     result["compile_seconds"] = round(time.time() - started, 1)
     result["flops"] = flop_count(jitted, *args)
     logging.info("compiled %s in %.0f s", label, result["compile_seconds"])
@@ -262,7 +266,16 @@ def _key(sharding):
 
 def compile_report(config, topology: str | Topology, *, programs=("train_step", "sampler",
                                                                   "likelihood")) -> dict:
-    """Compiles the run's ``programs`` for ``topology``; the report as a JSON-ready dict."""
+    """Compiles the run's ``programs`` for ``topology``; the report as a JSON-ready dict.
+
+    The networks choose their automatic settings (``query_chunk = 0``) for the TPU, not
+    for this host (:func:`nnd.models.target_platform`).
+    """
+    with models.target_platform("tpu"):
+        return _compile_report(config, topology, programs)
+
+
+def _compile_report(config, topology, programs) -> dict:
     topology = parse_topology(topology) if isinstance(topology, str) else topology
     devices = topology_devices(topology)
     chip = topology.chip

@@ -52,8 +52,9 @@ MODEL_DEFAULTS = {
                  embed_dim=128, dropout=0.1, remat=False, dtype="float32", query_chunk=0),
 }
 # vdm and unet: `query_chunk` > 0 runs attention in chunks of that many queries (same
-# result; faster on CPU, where the [B, N, N] weights otherwise go through memory; keep 0
-# on TPU/GPU).
+# result; faster on CPU, where the [B, N, N] weights otherwise go through memory); -1 all
+# queries at once; 0 (default) chooses by the platform: chunks of 128 on the CPU from
+# N = 512 positions, all at once on TPU/GPU (nnd.models.auto_query_chunk).
 # vdm and unet: `dtype` is the compute dtype, float32 | bfloat16 (parameters and optimiser
 # state stay float32; likelihood and the walk bound run at float32 'highest' precision).
 # The MLP takes `dtype` too (set `config.model.dtype` in code: the toys keep their fields).

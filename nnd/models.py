@@ -24,6 +24,8 @@ while the parameters stay float32 (``param_dtype``) and the output is float32.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import math
@@ -34,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["sinusoidal_embedding", "MLP", "Pointwise", "tapwise_conv", "TapwiseConv", "attention",
+           "auto_query_chunk", "target_platform", "CPU_QUERY_CHUNK", "CPU_CHUNK_MIN_POSITIONS",
            "ResBlock", "AttnBlock", "VDMNet", "UNet", "MODELS", "make", "init_params", "DTYPES"]
 
 #: Compute dtypes a model takes (``config.model.dtype``); parameters are float32 either way.
@@ -187,18 +190,52 @@ class TapwiseConv(nn.Module):
         return y + bias_D.astype(self.dtype)
 
 
+#: ``query_chunk = 0`` (auto) on the CPU: chunks of this many queries once N reaches
+#: :data:`CPU_CHUNK_MIN_POSITIONS`. Measured at N = 1024 (VDM's CIFAR net at width 32,
+#: batch 32, 2 cores): forward+backward 1.15× faster than all queries at once
+#: (docs/bench_studies.md); below 512 positions the [B, N, N] weights stay small.
+CPU_QUERY_CHUNK = 128
+CPU_CHUNK_MIN_POSITIONS = 512
+
+_TARGET_PLATFORM = contextvars.ContextVar("nnd_models_target_platform", default=None)
+
+
+@contextlib.contextmanager
+def target_platform(platform: str):
+    """Networks traced inside choose their automatic settings for ``platform`` ("cpu",
+    "tpu", "gpu") rather than JAX's default backend: for programs compiled here to run
+    elsewhere (:mod:`nnd.aot` compiles for TPU on a CPU host)."""
+    token = _TARGET_PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _TARGET_PLATFORM.reset(token)
+
+
+def auto_query_chunk(num_positions: int, platform: str | None = None) -> int:
+    """What ``query_chunk = 0`` means: :data:`CPU_QUERY_CHUNK` on the CPU once N reaches
+    :data:`CPU_CHUNK_MIN_POSITIONS`, else -1 (all queries at once: TPU and GPU run the
+    [B, N, N] product well, and chunks would run in sequence). ``platform`` defaults to
+    :func:`target_platform`'s, else JAX's default backend."""
+    platform = platform or _TARGET_PLATFORM.get() or jax.default_backend()
+    if platform == "cpu" and num_positions >= CPU_CHUNK_MIN_POSITIONS:
+        return CPU_QUERY_CHUNK
+    return -1
+
+
 def attention(q_BxNxC, k_BxNxC, v_BxNxC, *, query_chunk: int = 0):
     r"""Single-head dot-product attention, :math:`\mathrm{softmax}(q k^\top/\sqrt{C})\,v`
     over the N positions.
 
-    ``query_chunk = 0`` forms the [B, N, N] weights at once. ``query_chunk > 0`` runs
+    ``query_chunk < 0`` forms the [B, N, N] weights at once. ``query_chunk > 0`` runs
     the queries in chunks of that many (the largest divisor of N not above it) under
     ``lax.map``, each chunk recomputed in the backward pass (``jax.checkpoint``), so a
     [B, chunk, N] block of weights stays in cache instead of [B, N, N] arrays going
-    through memory several times. On the 2-core CPU the benchmark's network (VDM, width
-    32, batch 32, N = 1024) runs forward+backward 1.15× faster with chunks of 128
-    (docs/bench_studies.md). Same result to float32 rounding. The chunks run in
-    sequence, so on TPU/GPU keep 0.
+    through memory several times. Same result to float32 rounding. ``query_chunk = 0``
+    (the default) chooses from the shape and the platform (:func:`auto_query_chunk`):
+    chunks of 128 on the CPU for N ≥ 512, where the benchmark's network (VDM, width 32,
+    batch 32, N = 1024) runs forward+backward 1.15× faster (docs/bench_studies.md); all
+    at once on TPU and GPU, where chunks would run in sequence.
     """
     b, n, c = q_BxNxC.shape
     q_BxNxC = q_BxNxC / jnp.sqrt(jnp.asarray(c, q_BxNxC.dtype))
@@ -207,7 +244,9 @@ def attention(q_BxNxC, k_BxNxC, v_BxNxC, *, query_chunk: int = 0):
         w_BxQxN = jax.nn.softmax(jnp.einsum("bqc,bkc->bqk", q_BxQxC, k_BxNxC), axis=-1)
         return jnp.einsum("bqk,bkc->bqc", w_BxQxN, v_BxNxC)
 
-    if query_chunk <= 0 or query_chunk >= n:
+    if query_chunk == 0:
+        query_chunk = auto_query_chunk(n)
+    if query_chunk < 0 or query_chunk >= n:
         return weighted_sum(q_BxNxC)
     chunk = max(d for d in range(1, query_chunk + 1) if n % d == 0)
     q_MxBxQxC = jnp.moveaxis(q_BxNxC.reshape(b, n // chunk, chunk, c), 1, 0)
@@ -271,9 +310,10 @@ class _SelfAttention(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over the spatial positions, residual.
 
-    ``query_chunk``: see :func:`attention` (0: all queries at once). The parameters
-    are those of flax's ``MultiHeadDotProductAttention`` (and keep its name), so
-    checkpoints written with it restore.
+    ``query_chunk``: see :func:`attention` (0: chosen from the shape and the platform,
+    -1: all queries at once). The parameters are those of flax's
+    ``MultiHeadDotProductAttention`` (and keep its name), so checkpoints written with it
+    restore.
     """
 
     dtype: str = "float32"
@@ -410,7 +450,7 @@ class UNet(nn.Module):
       attn_resolutions: spatial sizes (H) that get a self-attention block.
       remat: recompute each residual block's activations in the backward pass.
       dtype: compute dtype (a key of :data:`DTYPES`); parameters stay float32.
-      query_chunk: queries per chunk in the attention blocks (:func:`attention`; 0: all).
+      query_chunk: queries per chunk in the attention blocks (:func:`attention`; 0: auto, -1: all).
 
     The blocks are not scanned: at each level the first block changes width and the
     up path's skips differ in width, so runs of identical blocks are one or two long.

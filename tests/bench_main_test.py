@@ -118,9 +118,9 @@ def test_gpu_script_quick_on_cpu(tmp_path):
     for r in train["rows"]:
         _positive(r, ("examples_per_second", "achieved_flops_per_second",
                       "fraction_of_matmul_peak", "compile_seconds", "ratio", "loss_alone_ratio"))
-    # conv, the 1x1 shortcut before and after, attention unchunked only (--query-chunk 0)
+    # conv, the 1x1 shortcut before and after, attention unchunked only (--query-chunk -1)
     assert len(train["probes"]) == 4
-    assert train["config"]["query_chunk"] == 0
+    assert train["config"]["query_chunk"] == -1
     for p in train["probes"]:
         _positive(p, ("seconds", "flops", "flops_per_second", "fraction_of_matmul_peak"))
 

@@ -44,8 +44,8 @@ def test_train_benchmark_reports_every_row(tmp_path):
     assert report["config"]["query_chunk"] == bench_train.QUERY_CHUNK > 0
     whole = bench_train.main(["--width", "8", "--blocks", "1", "--batch", "4", "--steps", "1",
                               "--repeats", "1", "--rows", "gaussian", "--matmul-sizes", "64",
-                              "--no-analysis", "--query-chunk", "0"])
-    assert whole["config"]["query_chunk"] == 0
+                              "--no-analysis", "--query-chunk", "-1"])
+    assert whole["config"]["query_chunk"] == -1
     assert whole["rows"][0]["flops_per_step"] == rows[0]["flops_per_step"]
 
 

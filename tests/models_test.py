@@ -397,12 +397,29 @@ def test_attention_block_is_flax_attention_in_every_chunking(chunk):
 
 def test_chunked_attention_keeps_one_chunk_of_weights_at_a_time():
     q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 64, 8))
-    whole = jax.make_jaxpr(functools.partial(models.attention, query_chunk=0))(q, k, v)
+    whole = jax.make_jaxpr(functools.partial(models.attention, query_chunk=-1))(q, k, v)
     chunked = jax.make_jaxpr(functools.partial(models.attention, query_chunk=16))(q, k, v)
     shapes = lambda jaxpr: {tuple(v.aval.shape) for e in jaxpr.eqns for v in e.outvars}  # noqa: E731
     assert (2, 64, 64) in shapes(whole.jaxpr)
     assert (2, 64, 64) not in shapes(chunked.jaxpr)
     assert any(e.primitive.name == "scan" for e in chunked.jaxpr.eqns)
+
+
+def test_query_chunk_zero_chooses_by_shape_and_platform():
+    assert models.auto_query_chunk(1024, "cpu") == models.CPU_QUERY_CHUNK == 128
+    assert models.auto_query_chunk(256, "cpu") == -1  # small weights: all at once
+    assert models.auto_query_chunk(1024, "tpu") == models.auto_query_chunk(1024, "gpu") == -1
+
+    def loops(n):
+        q = jnp.zeros((1, n, 4))
+        jaxpr = jax.make_jaxpr(functools.partial(models.attention, query_chunk=0))(q, q, q)
+        return any(e.primitive.name == "scan" for e in jaxpr.jaxpr.eqns)
+
+    assert jax.default_backend() == "cpu"
+    assert loops(1024) and not loops(256)
+    with models.target_platform("tpu"):  # what nnd.aot traces for a TPU slice
+        assert not loops(1024)
+    assert loops(1024)
 
 
 @pytest.mark.fast_first

@@ -52,7 +52,7 @@ _SIZES = (
     ("steps", int, "train steps per turn (at least)"),
     ("repeats", int, "round-robin turns"),
     ("matmul_sizes", str, "N of the float32 matmul probes, e.g. 1024,2048"),
-    ("query_chunk", int, "attention queries per chunk in the train steps (0: all at once)"),
+    ("query_chunk", int, "attention queries per chunk in the train steps (0: auto, -1: all at once)"),
     ("walk_steps", int, "K of the per-law walk"),
     ("walk_points", int, "points of the per-law walk"),
     ("walk_repeats", int, "repeats of the per-law walk"),

@@ -122,7 +122,7 @@ fi
 
 # Attention unchunked: chunks help the CPU's caches, a GPU would run them in sequence.
 args=(--out "$OUT/bench_gpu.json" --markdown "$OUT/bench_gpu.md"
-  --parts "train,walks,memory,full" --query-chunk 0)
+  --parts "train,walks,memory,full" --query-chunk -1)
 if [[ "$QUICK" == 1 ]]; then
   args+=(--quick)
 else

@@ -112,7 +112,7 @@ def _prepare(row: str, *, width: int, blocks: int, batch: int, workdir: str,
     'step': Timed, 'loss': Timed, 'shape'}.
 
     FLOP and bytes per step are XLA's cost analysis of the same step with the attention
-    unchunked (``query_chunk = 0``): XLA counts a loop body once, and the chunked step
+    unchunked (``query_chunk = -1``): XLA counts a loop body once, and the chunked step
     recomputes the attention weights in its backward pass; the network's own work is
     the same either way.
     """
@@ -123,9 +123,9 @@ def _prepare(row: str, *, width: int, blocks: int, batch: int, workdir: str,
     start = time.perf_counter()
     compiled = run.step_fn.lower(run.state, batch_x, key).compile()
     compile_s = time.perf_counter() - start
-    if query_chunk:
+    if _chunk(query_chunk, run.example_shape) > 0:
         whole = network(row, width=width, blocks=blocks, batch=batch, workdir=workdir,
-                        query_chunk=0)
+                        query_chunk=-1)
         cost = machine.cost(whole.step_fn.lower(whole.state, batch_x, key).compile())
     else:
         cost = machine.cost(compiled)
@@ -144,6 +144,11 @@ def _prepare(row: str, *, width: int, blocks: int, batch: int, workdir: str,
                                            jnp.float32(0.5), batch_x)}
 
 
+def _chunk(query_chunk: int, shape) -> int:
+    """The queries per chunk ``query_chunk`` gives at ``shape`` (-1: all at once)."""
+    return query_chunk or models.auto_query_chunk(shape[0] * shape[1])
+
+
 def _probes(batch: int, shape, width: int, query_chunk: int = QUERY_CHUNK) -> list[machine.Timed]:
     """The step's main ops alone, forward+backward: the 3×3 convolution at the network's
     shape; the up blocks' 1×1 shortcut [.., 2·width]→width as the convolution it was and
@@ -154,7 +159,7 @@ def _probes(batch: int, shape, width: int, query_chunk: int = QUERY_CHUNK) -> li
     w = jax.random.normal(jax.random.key(4), (3, 3, width, width)) / (3 * math.sqrt(width))
     h2 = jnp.concatenate([h, h[::-1]], -1)
     w1 = jax.random.normal(jax.random.key(6), (1, 1, 2 * width, width)) / math.sqrt(2 * width)
-    attn = models.AttnBlock()
+    attn = models.AttnBlock(query_chunk=-1)
     attn_params = attn.init(jax.random.key(5), h)
     chunked = models.AttnBlock(query_chunk=query_chunk)
 
@@ -188,10 +193,11 @@ def _probes(batch: int, shape, width: int, query_chunk: int = QUERY_CHUNK) -> li
                                      "forward+backward", grad(shortcut_pointwise), h2, w1),
               machine.compiled_timed(f"attention block {where} forward+backward", grad(attention),
                                      attn_params, h)]
-    if query_chunk:
+    chunk = _chunk(query_chunk, shape)
+    if chunk > 0:
         flops = probes[-1].flops  # the chunked form's loop is counted once by XLA
         timed = machine.compiled_timed(
-            f"attention block {where}, query_chunk={query_chunk}, forward+backward",
+            f"attention block {where}, query_chunk={chunk}, forward+backward",
             grad(attention_chunked), attn_params, h)
         probes.append(machine.Timed(timed.name, timed.run, flops, timed.bytes))
     return probes
@@ -303,7 +309,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--blocks", type=int, default=4)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--query-chunk", type=int, default=QUERY_CHUNK,
-                        help="attention queries per chunk (0: all at once)")
+                        help="attention queries per chunk (0: auto, -1: all at once)")
     parser.add_argument("--steps", type=int, default=5, help="train steps per turn (at least)")
     parser.add_argument("--repeats", type=int, default=7, help="round-robin turns")
     parser.add_argument("--matmul-sizes", default=None, help="N of the matmul probes, e.g. 1024,2048")
