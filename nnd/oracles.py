@@ -29,12 +29,14 @@ from nnd import processes
 from nnd.processes import Process
 
 __all__ = ["GMM", "gmm8", "sample_gmm", "gmm_log_prob", "gmm_score", "Components",
-           "gmm_components"]
+           "gmm_components", "gmm_x0_variance"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
 #: ``log_prob_fn(x [B, D], t [B]) -> [B]``.
 LogProbFn = Callable[[jax.Array, jax.Array], jax.Array]
+#: ``x0_variance_fn(x [B, D], t [B]) -> Var[x_0 | x_t = x] per coordinate [B, D]``.
+X0VarianceFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -281,3 +283,41 @@ def gmm_score(process: Process, weights, means=None, covs=None) -> processes.Sco
     """
     gmm = _as_gmm(weights, means, covs)
     return _score_fn(process, gmm, gmm.shared and gmm.diagonal)
+
+
+def gmm_x0_variance(process: Process, weights, means=None, covs=None) -> X0VarianceFn:
+    r"""Exact Var[x_0 | x_t = x] per coordinate: returns ``fn(x [B, D], t [B]) -> [B, D]``.
+
+    Given component j, x_0 is Gaussian with mean m_j = μ_j + αΣ_jC_j⁻¹(x - αμ_j)
+    = μ_j - αΣ_j s_j (s_j the component score) and covariance Σ_j - α²Σ_jC_j⁻¹Σ_j
+    = σ²Σ_jC_j⁻¹; over the components (the law of total variance, responsibilities r_j)
+
+    .. math::  \operatorname{Var}[x_{0,i} \mid x_t = x] = \sum_j r_j(x)\Big(
+               \sigma^2 (\Sigma_j C_j^{-1})_{ii} + (m_{j,i} - \bar m_i)^2\Big),
+               \qquad \bar m = \sum_j r_j m_j,
+
+    the spread of the means taken about their mean (no difference of large squares).
+    This is the per-point variance the ``analytic`` reverse scheme takes
+    (:func:`nnd.walks.reverse`'s ``x0_variance_fn``; docs/math.md §3). Pass either
+    (weights, means, covs) or a GMM as the first argument.
+    """
+    gmm = _as_gmm(weights, means, covs)
+
+    def x0_variance_fn(x_BxD, t_B):
+        dtype = x_BxD.dtype
+        comps = gmm_components(process, gmm, x_BxD, t_B, posterior_var=True)
+        r_BxJ = jax.nn.softmax(comps.log_joint_BxJ, axis=-1)
+        alpha_B = process.alpha(t_B).astype(dtype)
+        mu_JxD = jnp.asarray(gmm.means, dtype)
+        cov_JxDxD = jnp.asarray(gmm.covs, dtype)
+        # Σ_j s_j: the prior covariance times the component score, [B, J, D]
+        cov_score_BxJxD = jnp.einsum("jde,bje->bjd", cov_JxDxD, comps.score_BxJxD)
+        m_BxJxD = mu_JxD[None] - alpha_B[:, None, None] * cov_score_BxJxD
+        m_bar_BxD = jnp.einsum("bj,bjd->bd", r_BxJ, m_BxJxD)
+        # σ²(Σ_jC_j⁻¹)_ii from Var(ε_i | x, j) = α²(Σ_jC_j⁻¹)_ii, i.e. times σ²/α²
+        ratio_B = (process.sigma2(t_B) / jnp.square(process.alpha(t_B))).astype(dtype)
+        within_BxJxD = ratio_B[:, None, None] * comps.eps_var_BxJxD
+        spread_BxJxD = jnp.square(m_BxJxD - m_bar_BxD[:, None, :])
+        return jnp.einsum("bj,bjd->bd", r_BxJ, within_BxJxD + spread_BxJxD)
+
+    return x0_variance_fn

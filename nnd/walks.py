@@ -97,15 +97,23 @@ def posterior_x0_variance(process: processes_lib.Process, eps: jax.Array, t) -> 
 
 
 def scheme_step(process: processes_lib.Process, scheme: str, x: jax.Array, score: jax.Array,
-                   z: jax.Array, t, s) -> jax.Array:
-    """x at s < t from x at t with the given scheme (:data:`SCHEMES`), the score at t and z."""
+                   z: jax.Array, t, s, x0_variance=None) -> jax.Array:
+    """x at s < t from x at t with the given scheme (:data:`SCHEMES`), the score at t and z.
+
+    ``x0_variance`` (``analytic`` only): Var[x_0 | x_t] per point and coordinate, shaped
+    like x; None takes the batch's estimate (:func:`posterior_x0_variance`).
+    """
+    if x0_variance is not None and scheme != "analytic":
+        raise ValueError(f"a per-point Var[x_0 | x_t] is for the 'analytic' scheme, not {scheme!r}")
     if scheme == "euler":
         return euler_step(process, x, score, z, t, t - s)
     eps = -process.sigma(t).astype(x.dtype) * score
     if scheme == "ancestral":
         return ancestral_step(process, x, eps, z, t, s)
     if scheme == "analytic":
-        return ancestral_step(process, x, eps, z, t, s, posterior_x0_variance(process, eps, t))
+        if x0_variance is None:
+            x0_variance = posterior_x0_variance(process, eps, t)
+        return ancestral_step(process, x, eps, z, t, s, x0_variance)
     raise ValueError(f"unknown reverse scheme {scheme!r}; choose one of {SCHEMES}")
 
 
@@ -159,7 +167,7 @@ def tweedie_denoise(process: processes_lib.Process, score_fn: processes_lib.Scor
 def reverse(process: processes_lib.Process, law: increments.Law, score_fn: processes_lib.ScoreFn,
             key: jax.Array, shape: tuple[int, ...], num_steps: int, denoise: bool = True,
             *, scheme: str = DEFAULT_SCHEME, grid: str = processes_lib.DEFAULT_GRID,
-            dtype=jnp.float32, return_path: bool = False):
+            dtype=jnp.float32, return_path: bool = False, x0_variance_fn=None):
     """Runs the reverse structured random walk from the prior at t = 1 to t_eps.
 
     Reverse step from t_{k+1} to t_k with the score at t_{k+1} (docs/math.md §3); with
@@ -185,6 +193,9 @@ def reverse(process: processes_lib.Process, law: increments.Law, score_fn: proce
         :func:`nnd.processes.sampling_grid`.
       dtype: floating dtype of the samples.
       return_path: also return the path [K + 1, *shape], from t_K = 1 down to t_0.
+      x0_variance_fn: ``fn(x [B, ...], t [B]) -> Var[x_0 | x_t]`` of x's shape, the
+        per-point variance of the ``analytic`` scheme (the exact one for a mixture:
+        :func:`nnd.oracles.gmm_x0_variance`); None: the batch's estimate.
 
     Returns:
       samples of the given shape (or (samples, path) if return_path).
@@ -192,6 +203,8 @@ def reverse(process: processes_lib.Process, law: increments.Law, score_fn: proce
     num_steps = processes_lib.check_num_steps(num_steps)
     if scheme not in SCHEMES:
         raise ValueError(f"unknown reverse scheme {scheme!r}; choose one of {SCHEMES}")
+    if x0_variance_fn is not None and scheme != "analytic":
+        raise ValueError(f"x0_variance_fn is for the 'analytic' scheme, not {scheme!r}")
     shape = tuple(shape)
     t_grid = processes_lib.sampling_grid(process, num_steps, grid)
     key_prior, key_steps = jax.random.split(key)
@@ -199,9 +212,11 @@ def reverse(process: processes_lib.Process, law: increments.Law, score_fn: proce
 
     def step(x, inputs):
         k, t, t_next_down = inputs
-        score = score_fn(x, jnp.full((shape[0],), t, jnp.float32)).astype(dtype)
+        t_B = jnp.full((shape[0],), t, jnp.float32)
+        score = score_fn(x, t_B).astype(dtype)
         z = law.sample(jax.random.fold_in(key_steps, k), shape, dtype)
-        x = scheme_step(process, scheme, x, score, z, t, t_next_down)
+        v = None if x0_variance_fn is None else x0_variance_fn(x, t_B).astype(dtype)
+        x = scheme_step(process, scheme, x, score, z, t, t_next_down, v)
         return x, (x if return_path else None)
 
     ks = jnp.arange(num_steps)

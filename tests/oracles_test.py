@@ -313,3 +313,40 @@ def test_posterior_sd_is_accurate_when_alpha_is_small(mixture):
     assert np.all(var < 1e-4)  # float32 cancellation would be off by ~6e-8
     np.testing.assert_allclose(np.asarray(s, np.float64) ** 2, np.broadcast_to(var, s.shape),
                                rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", fast_first(["ve", "vp"]))
+def test_x0_variance_matches_quadrature_over_the_posterior(name):
+    # An independent computation: the posterior of x_0 on a fine 2-D grid, prior times the
+    # likelihood N(x; αx_0, σ²I), normalised; its variance per coordinate, in float64.
+    w = np.array([0.3, 0.7])
+    mu = np.array([[-1.0, 0.5], [0.8, -0.2]])
+    cov = np.array([[[0.2, 0.05], [0.05, 0.1]], [[0.05, 0.0], [0.0, 0.3]]])
+    g = np.linspace(-4.0, 4.0, 801)
+    grid = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    prior = sum(w[j] * stats.multivariate_normal(mu[j], cov[j]).pdf(grid) for j in range(2))
+    process = processes.get(name)
+    fn = oracles.gmm_x0_variance(process, w, mu, cov)
+    for t in (0.05, 0.3, 0.8):
+        a, s = float(process.alpha(t)), float(process.sigma(t))
+        x = np.array([[0.3, -0.4], [0.8 * a + 0.1, 0.0], [-1.0 * a, 0.5 * a]])
+        got = np.asarray(fn(jnp.asarray(x, jnp.float32), jnp.full((3,), t, jnp.float32)))
+        for xi, got_i in zip(x, got):
+            post = prior * np.exp(-0.5 * np.sum((xi - a * grid) ** 2, axis=1) / s**2)
+            post /= post.sum()
+            mean = post @ grid
+            np.testing.assert_allclose(got_i, post @ (grid - mean) ** 2, rtol=1e-3, atol=1e-6)
+
+
+def test_x0_variance_of_gmm8_is_one_components_near_t0_and_the_priors_at_1():
+    gmm = oracles.gmm8()
+    process = processes.get("vp")
+    fn = oracles.gmm_x0_variance(process, gmm)
+    x = jnp.asarray([[1.0, 0.0], [0.0, 0.0]])
+    t = 0.01
+    a2, s2 = float(process.alpha(t)) ** 2, float(process.sigma2(t))
+    near_0 = np.asarray(fn(x * math.sqrt(a2), jnp.full((2,), t)))
+    # on a component, one Gaussian posterior: σ²Σ/(α²Σ + σ²) with Σ = 0.1²
+    np.testing.assert_allclose(near_0[0], s2 * 0.01 / (a2 * 0.01 + s2), rtol=1e-3)
+    near_1 = np.asarray(fn(x, jnp.full((2,), 1.0)))  # x_t says nothing: the prior's variance
+    np.testing.assert_allclose(near_1, 0.5 + 0.01, rtol=0.02)

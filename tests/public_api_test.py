@@ -48,3 +48,15 @@ def test_spec_section_7_surface(make_key):
 def test_spec_section_7_bad_names_and_params_raise_value_error(bad):
     with pytest.raises(ValueError):
         bad()
+
+
+@pytest.mark.slow  # fast-tier budget (walks_test checks the step itself in the fast tier)
+def test_spec_section_7_per_point_variance():
+    process, law = processes.get("vdm"), increments.get("logistic")
+    gmm = oracles.gmm8()
+    fn = oracles.gmm_x0_variance(process, gmm)
+    x = jnp.zeros((4, 2))
+    assert fn(x, jnp.full((4,), 0.5)).shape == (4, 2)
+    samples = walks.reverse(process, law, oracles.gmm_score(process, gmm), jax.random.key(0),
+                            (4, 2), 5, scheme="analytic", x0_variance_fn=fn)
+    assert samples.shape == (4, 2) and np.all(np.isfinite(np.asarray(samples)))

@@ -441,3 +441,41 @@ def test_reverse_refuses_unknown_scheme_and_grid(gmm_setup):
         walks.reverse(p, increments.get("gaussian"), score, jax.random.key(0), (4, 2), 3, scheme="ddim")
     with pytest.raises(ValueError, match="grid"):
         walks.reverse(p, increments.get("gaussian"), score, jax.random.key(0), (4, 2), 3, grid="edm")
+
+
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
+def test_analytic_with_a_per_point_variance():
+    process, law = processes.get("vp"), increments.get("laplace")
+    gmm = oracles.gmm8()
+    score_fn = oracles.gmm_score(process, gmm)
+    key, shape = jax.random.key(0), (64, 2)
+    zero = walks.reverse(process, law, score_fn, key, shape, 6, scheme="analytic",
+                         x0_variance_fn=lambda x, t: jnp.zeros_like(x))
+    plain = walks.reverse(process, law, score_fn, key, shape, 6, scheme="ancestral")
+    np.testing.assert_allclose(np.asarray(zero), np.asarray(plain), rtol=1e-6, atol=1e-6)
+    exact = walks.reverse(process, law, score_fn, key, shape, 6, scheme="analytic",
+                          x0_variance_fn=oracles.gmm_x0_variance(process, gmm))
+    assert np.all(np.isfinite(np.asarray(exact))) and not np.allclose(exact, plain)
+    with pytest.raises(ValueError, match="for the 'analytic' scheme, not 'ancestral'"):
+        walks.reverse(process, law, score_fn, key, shape, 6, scheme="ancestral",
+                      x0_variance_fn=lambda x, t: jnp.zeros_like(x))
+
+
+def test_a_per_point_variance_makes_each_step_independent_of_the_batch():
+    # The batch estimate couples the examples of a batch; a per-point variance does not:
+    # an example's step is the same alone as among 99 others (same x, score and z).
+    process = processes.get("vp")
+    gmm = oracles.gmm8()
+    fn = oracles.gmm_x0_variance(process, gmm)
+    x = jax.random.normal(jax.random.key(1), (100, 2)) * 0.7
+    z = jax.random.normal(jax.random.key(2), (100, 2))
+    t, s = 0.6, 0.3
+    score = oracles.gmm_score(process, gmm)(x, jnp.full((100,), t))
+
+    def step(rows, per_point):
+        v = fn(x[rows], jnp.full((len(rows),), t)) if per_point else None
+        return np.asarray(walks.scheme_step(process, "analytic", x[rows], score[rows], z[rows], t, s, v))
+
+    every = np.arange(100)
+    np.testing.assert_allclose(step(every, True)[:1], step(every[:1], True), rtol=1e-6)
+    assert not np.allclose(step(every, False)[:1], step(every[:1], False), rtol=1e-3)
