@@ -136,16 +136,26 @@ def logged(name: str):
         logging.info("compiled %s in %.1f s (%s)", name, seconds, status)
 
 
+class _FirstCallLogged:
+    """A jitted function whose first call is logged; its other attributes (``lower``,
+    ``trace``, ...) are the function's own."""
+
+    def __init__(self, name: str, fn):
+        self._name, self._fn, self._first = name, fn, True
+
+    def __call__(self, *args, **kwargs):
+        if not self._first:
+            return self._fn(*args, **kwargs)
+        self._first = False
+        with logged(self._name):
+            return jax.block_until_ready(self._fn(*args, **kwargs))
+
+    def __getattr__(self, attr):
+        return getattr(self._fn, attr)
+
+
 def first_call_logged(name: str, fn):
-    """``fn`` whose first call runs inside :func:`logged` (later calls go straight through)."""
-    state = {"first": True}
-
-    def call(*args, **kwargs):
-        if not state["first"]:
-            return fn(*args, **kwargs)
-        state["first"] = False
-        with logged(name):
-            return jax.block_until_ready(fn(*args, **kwargs))
-
-    return call
+    """``fn`` whose first call runs inside :func:`logged` (later calls go straight through;
+    ``lower`` and the other attributes of a jitted ``fn`` are kept)."""
+    return _FirstCallLogged(name, fn)
 

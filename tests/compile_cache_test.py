@@ -120,3 +120,15 @@ def test_a_restarted_training_loads_its_train_step(tmp_path):
     assert len(miss) == 1 and "cache miss: written to" in miss[0], first.stderr[-3000:]
     assert len(hit) == 1 and hit[0].endswith("(cache hit)"), second.stderr[-3000:]
     assert (tmp_path / "compile_cache").is_dir()
+
+
+def test_a_logged_program_keeps_its_jit_attributes():
+    import jax
+    import jax.numpy as jnp
+
+    from nnd import compile_cache
+
+    step = compile_cache.first_call_logged("toy step", jax.jit(lambda x: x + 1))
+    compiled = step.lower(jnp.float32(1.0)).compile()  # what the benchmarks do with a run's step
+    assert float(compiled(jnp.float32(1.0))) == 2.0
+    assert float(step(jnp.float32(2.0))) == float(step(jnp.float32(3.0))) - 1.0 == 3.0

@@ -44,7 +44,7 @@ import numpy as np
 from nnd import data, defaults, losses, models, train
 from nnd.bench import OVERHEAD_GOAL, PEAK_FRACTION_GOAL, machine
 
-__all__ = ["PAIRS", "config", "StandInBatches", "network", "benchmark", "markdown",
+__all__ = ["PAIRS", "config", "StandInBatches", "network", "step_runner", "benchmark", "markdown",
            "parse_rows", "main"]
 
 #: The Table 2 rows benchmarked, the first is the reference.
@@ -87,7 +87,7 @@ def network(row: str, *, width: int, blocks: int, batch: int, workdir: str,
                        batches=batches, mesh=train.make_mesh())
 
 
-def _step_runner(compiled, state, batch_x, key, num_keys: int = 64):
+def step_runner(compiled, state, batch_x, key, num_keys: int = 64):
     """``run(n)``: n train steps (state threaded, donated), then block.
 
     The per-step keys are made before timing and reused cyclically: the step's cost
@@ -138,7 +138,7 @@ def _prepare(row: str, *, width: int, blocks: int, batch: int, workdir: str,
 
     return {"row": row, "q": str(e.q), "p": str(e.p), "compile_seconds": compile_s,
             "shape": list(run.example_shape),
-            "step": machine.Timed(f"step {row}", _step_runner(compiled, run.state, batch_x, key),
+            "step": machine.Timed(f"step {row}", step_runner(compiled, run.state, batch_x, key),
                                   cost["flops"], cost["bytes"]),
             "loss": machine.compiled_timed(f"loss alone {row}", jax.value_and_grad(loss_alone),
                                            jnp.float32(0.5), batch_x)}
