@@ -112,6 +112,28 @@ def _check_sampling(s):
     _positive_int(s, "sampling", "corrector_steps", minimum=0)
     for field in ("snr", "rtol", "atol"):
         _positive_float(s, "sampling", field)
+    if isinstance(s.eta, bool) or not isinstance(s.eta, (int, float)) or not s.eta >= 0:
+        raise ConfigError(f"config.sampling.eta: must be a number >= 0, got {s.eta!r}")
+    weight = s.get("variance_weight")
+    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))
+                               or not 0.0 <= weight <= 1.0):
+        raise ConfigError(f"config.sampling.variance_weight: must be in [0, 1], got {weight!r}")
+    if s.scheme == "euler" and (s.eta != 1.0 or weight is not None):
+        raise ConfigError("config.sampling.eta / variance_weight: the variance family is for the "
+                          "'ancestral' and 'analytic' schemes, not 'euler'")
+
+
+def _check_learned_variance(sampling, model) -> None:
+    learned = bool(getattr(model, "learned_variance", False))
+    weight = sampling.get("variance_weight")
+    if not learned and (sampling.scheme == "analytic" or (weight or 0.0) > 0):
+        raise ConfigError(
+            f"config.sampling.scheme / variance_weight: {sampling.scheme!r} with w = "
+            f"{1.0 if weight is None else weight} needs a per-point Var[x_0 | x_t]; set "
+            "config.model.learned_variance = True (and train with it)")
+    if learned and sampling.scheme == "euler":
+        raise ConfigError("config.model.learned_variance: trains the variance of the 'ancestral' "
+                          "family; config.sampling.scheme is 'euler'")
 
 
 def _check_eval(e):
@@ -201,6 +223,7 @@ def resolve(config, num_devices: int = 1) -> Experiment:
         raise ConfigError(f"config.train.sample_every: must be an integer >= 0, got "
                          f"{config.train.sample_every!r}")
     _check_sampling(config.sampling)
+    _check_learned_variance(config.sampling, model)
     _check_eval(config.eval)
     if not 0.0 <= config.optim.ema_decay < 1.0:
         raise ConfigError(f"config.optim.ema_decay: must be in [0, 1), got {config.optim.ema_decay}")
@@ -208,7 +231,10 @@ def resolve(config, num_devices: int = 1) -> Experiment:
     sampling = samplers.Settings(sampler=s.sampler, scheme=s.scheme, grid=s.grid,
                                  num_steps=s.num_steps, denoise=bool(s.denoise),
                                  snr=float(s.snr), corrector_steps=s.corrector_steps,
-                                 rtol=float(s.rtol), atol=float(s.atol), batch_size=s.batch_size)
+                                 rtol=float(s.rtol), atol=float(s.atol), batch_size=s.batch_size,
+                                 eta=float(s.eta),
+                                 variance_weight=(None if s.get("variance_weight") is None
+                                                  else float(s.variance_weight)))
     o = config.optim
     optim = Optim(learning_rate=float(o.learning_rate), warmup_steps=int(o.warmup_steps),
                   grad_clip=float(o.grad_clip), weight_decay=float(o.weight_decay),
@@ -222,6 +248,8 @@ def resolve(config, num_devices: int = 1) -> Experiment:
 #: checkpoints those of another run (other parameter shapes, or another model of the data).
 RUN_FIELDS = ("data.name", "model", "process", "loss.q", "loss.p")
 RUN_CONFIG = "run_config.json"
+#: Fields added after runs were recorded, with the value their absence stands for.
+_ADDED_FIELDS = {"model.learned_variance": False}
 
 
 def _run_fields(config) -> dict:
@@ -255,6 +283,7 @@ def check_same_run(workdir: str, config, *, record: bool) -> None:
     has_checkpoint = checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())
     stored = json.loads(stored_path.read_text()) if stored_path.exists() else None
     if stored is not None and has_checkpoint:
+        stored = {**_ADDED_FIELDS, **stored}
         network = ("data.name", "model.")
         differ = [f"config.{k} is {stored.get(k)!r} there, {now.get(k)!r} here"
                   for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)

@@ -40,17 +40,21 @@ EXTRA_ROWS = {
 #: What each model takes (nnd.models.MODELS), with its defaults.
 MODEL_DEFAULTS = {
     # 2-D data: residual MLP of `depth` blocks of width `hidden`
-    "mlp": dict(hidden=256, depth=3, embed_dim=64),
+    "mlp": dict(hidden=256, depth=3, embed_dim=64, learned_variance=False),
     # VDM's score network: `num_blocks` residual blocks of width `channels`, no downsampling
     # (`remat` recomputes block activations in the backward pass; `scan` runs the identical
     # blocks as two flax.linen.scan with tap-wise kernel gradients: the cifar step compiles
     # 4.3x faster on CPU and 2.9x for v4, steps 1.17x slower on CPU; another parameter tree)
     "vdm": dict(channels=128, num_blocks=32, embed_dim=128, dropout=0.1, remat=False, dtype="float32",
-                scan=False, query_chunk=0),
+                scan=False, query_chunk=0, learned_variance=False),
     # DDPM++-style U-Net: width `channels` x `channel_mult` per level, attention at `attn_resolutions`
     "unet": dict(channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
-                 embed_dim=128, dropout=0.1, remat=False, dtype="float32", query_chunk=0),
+                 embed_dim=128, dropout=0.1, remat=False, dtype="float32", query_chunk=0,
+                 learned_variance=False),
 }
+# every model: `learned_variance` adds a head predicting Var[x_0 | x_t] per point, trained by
+# the law's own step KL for a learned scale (docs/math.md §5); the 'analytic' scheme and
+# sampling.variance_weight > 0 sample with it. Off: the parameters of earlier checkpoints.
 # vdm and unet: `query_chunk` > 0 runs attention in chunks of that many queries (same
 # result; faster on CPU, where the [B, N, N] weights otherwise go through memory); -1 all
 # queries at once; 0 (default) chooses by the platform: chunks of 128 on the CPU from
@@ -132,6 +136,10 @@ def default() -> ml_collections.ConfigDict:
     config.sampling.sampler = "walk"  # walk (reverse walk, eq. 8) | pc (predictor-corrector) | ode | heun (PF-ODE, eq. 6)
     config.sampling.scheme = walks.DEFAULT_SCHEME  # walk and pc step: ancestral | analytic | euler (eq. 8)
     config.sampling.grid = processes.DEFAULT_GRID  # walk, pc, heun: lambda (uniform log-SNR) | t (the paper's)
+    config.sampling.eta = walks.DEFAULT_ETA  # variance family: 0 DDIM, 1 ancestral, > 1 wider (docs/math.md §3)
+    # variance family's w in [0, 1] (ancestral -> moment-matched; > 0 needs model.learned_variance);
+    # unset: the scheme's own (0 ancestral, 1 analytic)
+    config.sampling.variance_weight = ml_collections.config_dict.placeholder(float)
     config.sampling.law = "q"  # q (default) | model (= p) | any law spec: walk and corrector noise
     config.sampling.num_samples = 2000  # samples written by --mode=sample
     config.sampling.num_steps = 300  # walk / pc / heun steps when sampling

@@ -198,15 +198,22 @@ def _walk_bound(config, run: Restored, x, levels, key) -> dict:
     batch_size = min(config.eval.batch_size, len(x))
     p, law = experiment.p, experiment.sampling_law
     common = {"num_examples": len(x), "num_steps": experiment.num_steps, "scheme": sampling.scheme,
-              "grid": sampling.grid}
+              "grid": sampling.grid, "eta": sampling.eta,
+              "variance_weight": sampling.variance_weight}
 
     def run_terms(fn, key_):
         @functools.partial(compile_cache.first_call_logged, f"{fn.__name__} (batch {batch_size})")
         @jax.jit
         def terms(params, z, k):
-            eps_fn = lambda x_, t_: model.apply({"params": params}, x_, t_)  # noqa: E731
+            eps_fn, x0_variance_fn = samplers.network_fns(model, params, experiment.process)
+            family = {}
+            if fn is likelihood.walk_bound:  # the member of the variance family that samples
+                uses_variance = sampling.scheme == "analytic" or bool(sampling.variance_weight)
+                family = dict(eta=sampling.eta, variance_weight=sampling.variance_weight,
+                              x0_variance_fn=x0_variance_fn if uses_variance else None)
             return fn(experiment.process, eps_fn, z, k, q=experiment.q, p=p,
-                      num_steps=experiment.num_steps, scheme=sampling.scheme, grid=sampling.grid)
+                      num_steps=experiment.num_steps, scheme=sampling.scheme, grid=sampling.grid,
+                      **family)
 
         start = time.time()
         out = batching.map_batches(
@@ -227,7 +234,10 @@ def _walk_bound(config, run: Restored, x, levels, key) -> dict:
     walk = (f"the K-step reverse walk with law p={p} kernels ({sampling.scheme} scheme, "
             f"{sampling.grid} grid), then the Gaussian decoder N(x_hat, (sigma_0/alpha_0)^2) "
             "around the sampler's last (Tweedie) step")
-    if likelihood.is_bound(experiment.q, p):
+    if sampling.eta == 0:
+        bound = {"label": "bound", "law": str(p), **common,
+                 "none": "eta = 0: deterministic (DDIM) steps have no density, so no bound"}
+    elif likelihood.is_bound(experiment.q, p):
         bound = {"label": "bound", "law": str(p), **common, **run_terms(likelihood.walk_bound, key_bound),
                  "note": f"upper bound on -log p(x_0) of {walk}, whatever q trained the network"}
     else:

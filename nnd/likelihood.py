@@ -279,7 +279,7 @@ def posterior_kernel(process: processes_lib.Process, x0: jax.Array, x: jax.Array
 
 
 def reverse_kernel(process: processes_lib.Process, scheme: str, x: jax.Array,
-                   eps_pred: jax.Array, t, s):
+                   eps_pred: jax.Array, t, s, x0_variance=None, *, eta=1.0, variance_weight=None):
     r"""Mean μ_θ and scale b of the model's reverse step from t down to s < t (scalars).
 
     The step of :func:`nnd.walks.scheme_step` is x_s = μ_θ + b z, z standardised of any law:
@@ -288,54 +288,63 @@ def reverse_kernel(process: processes_lib.Process, scheme: str, x: jax.Array,
       :math:`b = g(t)\sqrt{t - s}`, with :math:`s_\theta = -\varepsilon_\theta/\sigma_t`;
     - ``ancestral``: :math:`\mu_\theta = \frac{\alpha_s}{\alpha_t}(1 - r) x_t + \alpha_s r \hat x_0`,
       :math:`\hat x_0 = (x_t - \sigma_t\varepsilon_\theta)/\alpha_t`, :math:`b = \sigma_s\sqrt r`;
+      with η and w the family member's mean (plus κ ε_θ) and scale c
+      (:func:`nnd.walks.family_coefficients`);
     - ``analytic``: the same mean, :math:`b^2 = \sigma_s^2 r + (\alpha_s r)^2 v` with v the
-      batch's estimate of Var[x_0 | x_t] (:func:`nnd.walks.posterior_x0_variance`).
+      per-point Var[x_0 | x_t] ``x0_variance`` (required).
 
     Returns:
-      (μ_θ shaped like x, b a scalar).
+      (μ_θ shaped like x, b: a scalar, or shaped like x where v is per point).
     """
+    weight = walks.check_family(scheme, eta, variance_weight, x0_variance is not None)
     zero = jnp.zeros_like(x)
     if scheme == "euler":
         mean = walks.euler_step(process, x, -eps_pred / process.sigma(t).astype(x.dtype), zero,
                                   t, t - s)
         return mean, process.g(t) * jnp.sqrt(t - s)
-    if scheme not in walks.SCHEMES:
-        raise ValueError(f"unknown reverse scheme {scheme!r}; choose one of {walks.SCHEMES}")
-    mean = walks.ancestral_step(process, x, eps_pred, zero, t, s)
-    r = -jnp.expm1(process.log_snr(t) - process.log_snr(s))
-    variance = process.sigma2(s) * r
-    if scheme == "analytic":
-        v = walks.posterior_x0_variance(process, eps_pred, t)
-        variance = variance + jnp.square(process.alpha(s) * r) * v
-    return mean, jnp.sqrt(variance)
+    v = 0.0 if x0_variance is None else x0_variance
+    mean = walks.ancestral_step(process, x, eps_pred, zero, t, s, v, eta=eta,
+                                variance_weight=weight)
+    _, scale = walks.family_coefficients(process, t, s, v, eta=eta, variance_weight=weight)
+    return mean, scale
 
 
 def kernel_gap(process: processes_lib.Process, scheme: str, x0: jax.Array, x: jax.Array,
-               eps_pred: jax.Array, t, s) -> jax.Array:
+               eps_pred: jax.Array, t, s, x0_variance=None, *, eta=1.0,
+               variance_weight=None) -> jax.Array:
     r"""μ̃ − μ_θ: the posterior mean minus the model's step mean (:func:`posterior_kernel`,
     :func:`reverse_kernel`).
 
     For ``ancestral`` and ``analytic`` it is written without cancellation,
 
     .. math::  \tilde\mu - \mu_\theta = \frac{\alpha_s r \sigma_t}{\alpha_t}
-               (\varepsilon_\theta - \hat\varepsilon), \qquad
-               \hat\varepsilon = \frac{x_t - \alpha_t x_0}{\sigma_t};
+               (\varepsilon_\theta - \hat\varepsilon) - \kappa\, \varepsilon_\theta, \qquad
+               \hat\varepsilon = \frac{x_t - \alpha_t x_0}{\sigma_t},
 
-    for ``euler`` it is the difference of the two means.
+    κ the family's extra share of ε (0 from the ancestral step up,
+    :func:`nnd.walks.family_coefficients`); for ``euler`` it is the difference of the two means.
     """
+    weight = walks.check_family(scheme, eta, variance_weight, x0_variance is not None)
     if scheme == "euler":
         return posterior_kernel(process, x0, x, t, s)[0] - reverse_kernel(
             process, scheme, x, eps_pred, t, s)[0]
-    if scheme not in walks.SCHEMES:
-        raise ValueError(f"unknown reverse scheme {scheme!r}; choose one of {walks.SCHEMES}")
     alpha_t, sigma_t = process.alpha(t), process.sigma(t)
     r = -jnp.expm1(process.log_snr(t) - process.log_snr(s))
     eps_hat = (x - alpha_t.astype(x.dtype) * x0) / sigma_t.astype(x.dtype)
-    return (process.alpha(s) * r * sigma_t / alpha_t).astype(x.dtype) * (eps_pred - eps_hat)
+    v = 0.0 if x0_variance is None else x0_variance
+    keep, _ = walks.family_coefficients(process, t, s, v, eta=eta, variance_weight=weight)
+    return ((process.alpha(s) * r * sigma_t / alpha_t).astype(x.dtype) * (eps_pred - eps_hat)
+            - jnp.asarray(keep).astype(x.dtype) * eps_pred)
+
+
+def _is_plain_ancestral(scheme: str, eta, variance_weight) -> bool:
+    return (scheme == "ancestral" and isinstance(eta, (int, float)) and float(eta) == 1.0
+            and variance_weight in (None, 0, 0.0))
 
 
 def gaussian_step_kl(process: processes_lib.Process, scheme: str, x0: jax.Array, x: jax.Array,
-                     eps: jax.Array, eps_pred: jax.Array, t, s) -> jax.Array:
+                     eps: jax.Array, eps_pred: jax.Array, t, s, x0_variance=None, *, eta=1.0,
+                     variance_weight=None) -> jax.Array:
     r"""KL(q(x_s | x_t, x_0) ‖ p_θ(x_s | x_t)) per example, for a Gaussian model step.
 
     q is the forward process's Gaussian posterior N(μ̃, σ_s² r) with r = -expm1(λ_t - λ_s)
@@ -345,20 +354,22 @@ def gaussian_step_kl(process: processes_lib.Process, scheme: str, x0: jax.Array,
     .. math::  \mathrm{KL} = \tfrac12\, \mathrm{expm1}(\lambda_s - \lambda_t)\,
                \|\varepsilon_\theta - \varepsilon\|^2,
 
-    with ε = (x_t - α_t x_0)/σ_t; for ``euler`` and ``analytic`` the variances differ and the
-    KL is ½ Σ_i [(μ̃ - μ_θ)²/b² + ρ - 1 - log ρ], ρ = σ_s² r / b². ``t`` > ``s`` are scalars.
+    with ε = (x_t - α_t x_0)/σ_t; for ``euler``, ``analytic`` and other members of the family
+    the variances differ and the KL is ½ Σ_i [(μ̃ - μ_θ)²/b² + ρ - 1 - log ρ], ρ = σ_s² r / b².
+    ``t`` > ``s`` are scalars.
     """
-    if scheme == "ancestral":
+    if _is_plain_ancestral(scheme, eta, variance_weight) and x0_variance is None:
         lam_t, lam_s = process.log_snr(t), process.log_snr(s)
         return 0.5 * jnp.expm1(lam_s - lam_t) * _sum_per_example(jnp.square(eps_pred - eps))
+    family = dict(eta=eta, variance_weight=variance_weight)
     _, std_q = posterior_kernel(process, x0, x, t, s)
-    _, std_p = reverse_kernel(process, scheme, x, eps_pred, t, s)
+    _, std_p = reverse_kernel(process, scheme, x, eps_pred, t, s, x0_variance, **family)
     var_q, var_p = jnp.square(std_q), jnp.square(std_p)
     rho_minus_1 = (var_q - var_p) / var_p
     variance_term = rho_minus_1 - jnp.log1p(rho_minus_1)  # ρ - 1 - log ρ ≥ 0, exact near ρ = 1
-    gap = kernel_gap(process, scheme, x0, x, eps_pred, t, s)
-    dim = math.prod(x.shape[1:])
-    return 0.5 * (_sum_per_example(jnp.square(gap)) / var_p + dim * variance_term)
+    gap = kernel_gap(process, scheme, x0, x, eps_pred, t, s, x0_variance, **family)
+    variance_term = jnp.broadcast_to(variance_term, x.shape).astype(x.dtype)
+    return 0.5 * _sum_per_example(jnp.square(gap) / var_p.astype(x.dtype) + variance_term)
 
 
 def _as_float(x0) -> jax.Array:
@@ -401,7 +412,8 @@ def _check_scheme(num_steps, scheme: str) -> int:
 def walk_bound(process: processes_lib.Process, eps_fn: processes_lib.EpsFn, x0: jax.Array,
                key: jax.Array, *, q: increments.Law | str, p: increments.Law | str, num_steps: int,
                scheme: str = walks.DEFAULT_SCHEME,
-               grid: str = processes_lib.DEFAULT_GRID) -> dict:
+               grid: str = processes_lib.DEFAULT_GRID, x0_variance_fn=None, eta=1.0,
+               variance_weight=None) -> dict:
     r"""A true upper bound on -log p_θ(x_0), in nats per example, for every p of full support.
 
     **What is bounded.** The model is the K-step reverse walk with law-p kernels on ``grid``
@@ -435,19 +447,25 @@ def walk_bound(process: processes_lib.Process, eps_fn: processes_lib.EpsFn, x0: 
     (r is then the forward process itself, x_{t_k} ~ N(α x_0, σ²) exactly), so each term is
     the exact Gaussian KL of :func:`gaussian_step_kl` and the sum equals, in expectation, the
     Gaussian-marginal sum of earlier versions. For ``ancestral`` both choices coincide
-    (b_k = σ_s√r); for ``euler`` and ``analytic`` this r keeps x_t on the data's noised
-    marginals, where the network was trained. For ``analytic`` b_k is estimated from the
-    batch's ε_θ along r.
+    (b_k = σ_s√r); for ``euler``, ``analytic`` and the rest of the variance family this r keeps
+    x_t on the data's noised marginals, where the network was trained. ``x0_variance_fn``,
+    ``eta`` and ``variance_weight`` choose the member as in :func:`nnd.walks.reverse`
+    (``analytic`` needs the per-point variance; η = 0 has no density and no bound).
 
     Raises:
       ValueError: p of bounded support (uniform) or without a density (rademacher): there is
-        no bound of this kind (:func:`is_bound`); an unknown scheme or a bad K.
+        no bound of this kind (:func:`is_bound`); an unknown scheme or a bad K; η = 0 or a
+        family member that needs a per-point variance without ``x0_variance_fn``.
 
     Returns:
       dict of [B] arrays: ``prior_kl``, ``steps`` (the sum over k), ``reconstruction`` (the
       decoder's expected -log density) and ``total`` (their sum, the bound).
     """
     num_steps = _check_scheme(num_steps, scheme)
+    walks.check_family(scheme, eta, variance_weight, x0_variance_fn is not None)
+    if isinstance(eta, (int, float)) and eta == 0:
+        raise ValueError("eta = 0 is a deterministic step: it has no density, so no bound")
+    family = dict(eta=eta, variance_weight=variance_weight)
     p = _bound_law(p)
     gaussian = isinstance(p, increments.Gaussian)
     x0 = _as_float(x0)
@@ -460,18 +478,21 @@ def walk_bound(process: processes_lib.Process, eps_fn: processes_lib.EpsFn, x0: 
     def step(carry, inputs):
         x, total = carry
         k, t, s = inputs
-        eps_pred = eps_fn(x, jnp.full((batch,), t, jnp.float32)).astype(dtype)
+        t_B = jnp.full((batch,), t, jnp.float32)
+        eps_pred = eps_fn(x, t_B).astype(dtype)
+        v = None if x0_variance_fn is None else x0_variance_fn(x, t_B).astype(dtype)
         mean_q, std_q = posterior_kernel(process, x0, x, t, s)
         key_k = jax.random.fold_in(key_steps, k)
         if gaussian:
             eps_hat = (x - process.alpha(t).astype(dtype) * x0) / process.sigma(t).astype(dtype)
-            kl = gaussian_step_kl(process, scheme, x0, x, eps_hat, eps_pred, t, s)
+            kl = gaussian_step_kl(process, scheme, x0, x, eps_hat, eps_pred, t, s, v, **family)
             x_next = mean_q + std_q.astype(dtype) * jax.random.normal(key_k, x.shape, dtype)
         else:
-            _, scale = reverse_kernel(process, scheme, x, eps_pred, t, s)
-            u = kernel_gap(process, scheme, x0, x, eps_pred, t, s) / scale.astype(dtype)
+            _, scale = reverse_kernel(process, scheme, x, eps_pred, t, s, v, **family)
+            scale = jnp.asarray(scale).astype(dtype)
+            u = kernel_gap(process, scheme, x0, x, eps_pred, t, s, v, **family) / scale
             kl = _sum_per_example(losses.shift_kl(p, p, u))
-            x_next = mean_q + scale.astype(dtype) * p.sample(key_k, x.shape, dtype)
+            x_next = mean_q + scale * p.sample(key_k, x.shape, dtype)
         return (x_next.astype(dtype), total + kl.astype(dtype)), None
 
     inputs = (jnp.arange(num_steps), t_grid[1:], t_grid[:-1])

@@ -33,6 +33,7 @@ __all__ = [
     "check_pair",
     "has_closed_form",
     "shift_kl",
+    "scale_shift_kl",
     "kl_gaussian_gaussian",
     "kl_laplace_laplace",
     "kl_uniform_gaussian",
@@ -45,6 +46,8 @@ __all__ = [
     "scheme_scale",
     "training_draw",
     "step_loss",
+    "learned_x0_variance",
+    "variance_step_loss",
     "objective",
 ]
 
@@ -231,9 +234,13 @@ def _quadrature_nodes(q: Law, p: Law, u):
     return jnp.concatenate(zs), jnp.concatenate(ws), jnp.concatenate(log_jacs)
 
 
-def _quadrature_scalar(q: Law, p: Law, u):
-    """ℓ(u) = ∫ q(z) [log q(z) - log p(z + u)] dz for one scalar u (:func:`_quadrature_nodes`)."""
-    z, w, log_jac = _quadrature_nodes(q, p, u)
+def _quadrature_scalar(q: Law, p: Law, u, rho=1.0):
+    """ℓ(u) = ∫ q(z) [log q(z) - log p(ρz + u)] dz for one scalar u (:func:`_quadrature_nodes`).
+
+    ρ ≠ 1 (:func:`scale_shift_kl`) moves p's kinks to z = (κ - u)/ρ, which the nodes of
+    u/ρ place right for the kinks at 0 that every law here has.
+    """
+    z, w, log_jac = _quadrature_nodes(q, p, u / rho)
 
     # Each term is w · q · J · d, d = log q - log p, J the tail map's Jacobian. Nodes
     # where q has no mass or log p overflows are masked BEFORE any arithmetic (moved to
@@ -244,7 +251,7 @@ def _quadrature_scalar(q: Law, p: Law, u):
     # where the densities cross), d enters linearly and no log of it is taken.
     def log_terms(z_):
         log_q_ = q.log_prob(z_)
-        return log_q_, log_q_ - p.log_prob(z_ + u)
+        return log_q_, log_q_ - p.log_prob(rho * z_ + u)
 
     log_q0, d0 = jax.lax.stop_gradient(log_terms(z))
     keep = jnp.isfinite(log_q0) & jnp.isfinite(d0) & (log_q0 > _LOG_Q_FLOOR)
@@ -287,6 +294,36 @@ def shift_kl(q: Law | str, p: Law | str, u: jax.Array, method: str = "auto") -> 
     flat = u.reshape(-1)
     out = jax.vmap(lambda v: _quadrature_scalar(q, p, v))(flat)
     return out.reshape(u.shape)
+
+
+def scale_shift_kl(p: Law | str, u: jax.Array, rho: jax.Array) -> jax.Array:
+    r"""KL(law of ρz + u ‖ p), z ~ p, elementwise: the step KL of a learned scale (docs/math.md §5).
+
+    A law-p step of the posterior's mean and scale σ̃ against the model's law-p step of mean
+    μ_θ and scale b is this KL with u = (μ̃ - μ_θ)/b and ρ = σ̃/b:
+
+    .. math::  \ell_p(u, \rho) = -\log\rho + \mathbb{E}_{z\sim p}
+               \big[\log p(z) - \log p(\rho z + u)\big],
+
+    ℓ_p(u, 1) = ℓ_{p,p}(u) (:func:`shift_kl`). Closed forms: Gaussian
+    ½(ρ² + u² - 1) - log ρ; Laplace (scale b = 1/√2) |u|/b + ρ e^{-|u|/(ρb)} - 1 - log ρ;
+    other laws by the quadrature of :func:`shift_kl`.
+
+    Raises:
+      ValueError: p of bounded support or without a density (uniform, rademacher).
+    """
+    p, _ = check_pair(p, p)
+    u = jnp.asarray(u)
+    if not jnp.issubdtype(u.dtype, jnp.floating):
+        u = u.astype(jnp.float32)
+    rho = jnp.broadcast_to(jnp.asarray(rho, u.dtype), u.shape)
+    if isinstance(p, increments.Gaussian):
+        return 0.5 * (jnp.square(rho) + jnp.square(u) - 1.0) - jnp.log(rho)
+    if isinstance(p, increments.Laplace):
+        b = _LAPLACE_B
+        return jnp.abs(u) / b + rho * jnp.exp(-jnp.abs(u) / (rho * b)) - 1.0 - jnp.log(rho)
+    out = jax.vmap(lambda v, r: _quadrature_scalar(p, p, v, r))(u.reshape(-1), rho.reshape(-1))
+    return (out - jnp.log(rho.reshape(-1))).reshape(u.shape)
 
 
 def penalty(q: Law | str, p: Law | str, dtype=jnp.float32) -> jax.Array:
@@ -384,9 +421,43 @@ def training_draw(key, process: processes.Process, x0_BxD: jax.Array, num_steps:
     return t_B, eps_BxD, process.marginal(x0_BxD, eps_BxD, t_B)
 
 
+def learned_x0_variance(process: processes.Process, log_gamma, t_B) -> jax.Array:
+    """Var[x_0 | x_t] = (σ_t²/α_t²) γ from the head's log γ (γ = Var[ε | x_t]), per coordinate."""
+    ratio_B = jnp.exp(process.log_sigma2(t_B) - 2.0 * process.log_alpha(t_B))
+    return processes.per_example(ratio_B, log_gamma) * jnp.exp(log_gamma)
+
+
+def variance_step_loss(eps_BxD, eps_pred_BxD, log_gamma_BxD, t_B, *, process, p, num_steps: int,
+                       grid: str = processes.DEFAULT_GRID):
+    r"""The step KL that trains the learned variance, per example, in nats (docs/math.md §5).
+
+    The model's step from t = t_{k+1} down to s = t_k is the moment-matched member of the
+    family (``analytic``) with its own Var[x_0 | x_t] = (σ_t²/α_t²) γ: law p, the ancestral
+    mean, scale b with b² = σ_s² r (1 + c_k² γ), c_k² = expm1(λ_s - λ_t). Against the
+    law-p step of the forward posterior (mean μ̃, scale σ_s√r) its KL is
+    :func:`scale_shift_kl` with
+
+    .. math::  \rho = (1 + c_k^2\gamma)^{-1/2}, \qquad
+               u = \rho\, c_k\,(\mathrm{sg}[\varepsilon_\theta] - \varepsilon),
+
+    summed over coordinates; ε_θ is held fixed (sg), so only the head learns from it and the
+    ε objective is unchanged. For p = gaussian it is the exact KL of that Gaussian step
+    against the posterior, a term of the walk's bound
+    (:func:`nnd.likelihood.gaussian_step_kl` with ``analytic``), minimised by
+    γ = E[(ε - ε_θ)² | x_t]: Var[ε | x_t] when ε_θ is exact.
+    """
+    num_steps = processes.check_num_steps(num_steps)
+    t_grid = processes.sampling_grid(process, num_steps, grid)
+    c_B = processes.per_example(step_scale_on_grid(process, "ancestral", t_grid, t_B), eps_BxD)
+    rho = jax.lax.rsqrt(1.0 + jnp.square(c_B) * jnp.exp(log_gamma_BxD))
+    u = rho * c_B * (jax.lax.stop_gradient(eps_pred_BxD) - eps_BxD)
+    ell = scale_shift_kl(p, u, rho)
+    return jnp.sum(ell.reshape(ell.shape[0], -1), axis=-1)
+
+
 def objective(eps_fn, x0_BxD, key, *, process, q, p, num_steps: int,
               scheme: str = walks.DEFAULT_SCHEME, grid: str = processes.DEFAULT_GRID,
-              include_penalty: bool = False):
+              include_penalty: bool = False, learned_variance: bool = False):
     """Monte-Carlo estimate of the training objective of eq. (5) for each example.
 
     .. math::  \\mathbb{E}_{k\\sim U\\{0..K-1\\},\\,\\varepsilon\\sim N(0, I)}
@@ -400,12 +471,13 @@ def objective(eps_fn, x0_BxD, key, *, process, q, p, num_steps: int,
     For G/G this objective is the step sum of that sampler's bound
     (:func:`nnd.likelihood.walk_bound`) for ``ancestral`` only (the default): there the
     model step and the forward posterior share their variance σ_s² r, and the step's KL
-    is ½ expm1(λ_s - λ_t)‖ε_θ - ε‖² = ½ c_k²‖ε_θ - ε‖², which is L_k. For ``euler`` and
-    ``analytic`` the model step's variance differs from the posterior's and its mean is
-    not the posterior mean at ε_θ = ε, so the bound's step term is another function of
-    ε_θ: the objective is then a c_k²-weighted ε-MSE, not that bound, and its gradient
-    can point elsewhere (on vp at K = 10 with ε_θ within 0.05 of ε, cosines between the
-    two gradients down to 0.16 for euler on the t grid and 0.04 for analytic).
+    is ½ expm1(λ_s - λ_t)‖ε_θ - ε‖² = ½ c_k²‖ε_θ - ε‖², which is L_k. For ``euler`` the
+    model step's variance differs from the posterior's and its mean is not the posterior
+    mean at ε_θ = ε, so the bound's step term is another function of ε_θ: the objective is
+    then a c_k²-weighted ε-MSE, not that bound, and its gradient can point elsewhere (on vp
+    at K = 10 with ε_θ within 0.05 of ε, cosines between the two gradients down to 0.16 on
+    the t grid). For ``analytic`` the bound weighs coordinate i by σ_s² r / b_i², b_i² the
+    step's per-point variance, and adds a term in b_i alone.
 
     Args:
       eps_fn: ``eps_fn(x_BxD, t_B) -> eps_pred_BxD`` (the model, params bound).
@@ -413,14 +485,25 @@ def objective(eps_fn, x0_BxD, key, *, process, q, p, num_steps: int,
       key: PRNG key; split here into the time and noise draws.
       scheme, grid: as in :func:`step_loss`.
       include_penalty: add back K·D·ℓ(0) so the value is K·L_k itself.
+      learned_variance: ``eps_fn`` returns (ε_θ, log γ) and K times
+        :func:`variance_step_loss` is added (not with ``euler``).
 
     Returns:
       (loss_B, t_B): per-example loss and the time each example was drawn at.
     """
     num_steps = processes.check_num_steps(num_steps)
+    if learned_variance and scheme == "euler":
+        raise ValueError("a learned variance is for the 'ancestral' and 'analytic' schemes, "
+                         "not 'euler'")
     t_B, eps_BxD, x_BxD = training_draw(key, process, x0_BxD, num_steps, grid)
+    out = eps_fn(x_BxD, t_B)
+    eps_pred_BxD, log_gamma_BxD = out if learned_variance else (out, None)
     loss_B = num_steps * step_loss(
-        eps_BxD, eps_fn(x_BxD, t_B), t_B, process=process, q=q, p=p,
+        eps_BxD, eps_pred_BxD, t_B, process=process, q=q, p=p,
         num_steps=num_steps, scheme=scheme, grid=grid, subtract_penalty=not include_penalty,
     )
+    if learned_variance:
+        loss_B = loss_B + num_steps * variance_step_loss(
+            eps_BxD, eps_pred_BxD, log_gamma_BxD, t_B, process=process, p=p,
+            num_steps=num_steps, grid=grid)
     return loss_B, t_B

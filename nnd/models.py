@@ -67,15 +67,17 @@ class MLP(nn.Module):
       depth: number of residual blocks.
       embed_dim: size of the condition embedding.
       dtype: compute dtype (a key of :data:`DTYPES`); parameters stay float32.
+      learned_variance: add the learned-variance head (:func:`_outputs`).
     """
 
     hidden: int = 256
     depth: int = 3
     embed_dim: int = 64
     dtype: str = "float32"
+    learned_variance: bool = False
 
     @nn.compact
-    def __call__(self, x_BxD, t_B, train: bool = False):
+    def __call__(self, x_BxD, t_B, train: bool = False, with_variance: bool = False):
         del train  # no dropout in the MLP
         dense = functools.partial(nn.Dense, dtype=_dtype(self.dtype))
         emb = sinusoidal_embedding(t_B, self.embed_dim)
@@ -86,8 +88,10 @@ class MLP(nn.Module):
             r = dense(self.hidden)(nn.silu(r + emb))
             r = dense(self.hidden)(nn.silu(r))
             h = h + r
-        out = dense(x_BxD.shape[-1], kernel_init=nn.initializers.zeros)(nn.silu(h))
-        return out.astype(jnp.float32)
+        h = nn.silu(h)
+        out = dense(x_BxD.shape[-1], kernel_init=nn.initializers.zeros)(h)
+        head = functools.partial(dense, x_BxD.shape[-1])
+        return _outputs(self, out, head, h, with_variance)
 
 
 def _group_norm(channels: int, dtype=jnp.float32) -> nn.GroupNorm:
@@ -382,7 +386,8 @@ class VDMNet(nn.Module):
     :class:`TapwiseConv` (same parameters): XLA:CPU runs its own kernel gradient 40×
     slower inside a loop, and XLA:TPU compiles the tap-wise one about 10× faster.
     ``remat`` recomputes each block's activations in the backward pass instead of
-    keeping them. ``query_chunk``: see :func:`attention`.
+    keeping them. ``query_chunk``: see :func:`attention`. ``learned_variance`` adds the
+    learned-variance head (:func:`_outputs`).
     """
 
     channels: int = 128
@@ -393,9 +398,10 @@ class VDMNet(nn.Module):
     dtype: str = "float32"
     scan: bool = False
     query_chunk: int = 0
+    learned_variance: bool = False
 
     @nn.compact
-    def __call__(self, x_BxHxWxC, t_B, train: bool = False):
+    def __call__(self, x_BxHxWxC, t_B, train: bool = False, with_variance: bool = False):
         dtype = _dtype(self.dtype)
         conv = functools.partial(TapwiseConv if self.scan else nn.Conv, dtype=dtype)
         emb = _conv_net_time_embedding(t_B, self.embed_dim, dtype)
@@ -407,7 +413,8 @@ class VDMNet(nn.Module):
         h = nn.silu(_group_norm(self.channels, dtype)(h))
         out = conv(x_BxHxWxC.shape[-1], (3, 3), kernel_init=nn.initializers.zeros,
                    name="Conv_1")(h)
-        return out.astype(jnp.float32)
+        return _outputs(self, out, functools.partial(conv, x_BxHxWxC.shape[-1], (3, 3)), h,
+                        with_variance)
 
     def _unrolled_blocks(self, h, emb, train):
         # named ResBlock_<i> as linen would, so remat leaves the parameter tree unchanged
@@ -451,6 +458,7 @@ class UNet(nn.Module):
       remat: recompute each residual block's activations in the backward pass.
       dtype: compute dtype (a key of :data:`DTYPES`); parameters stay float32.
       query_chunk: queries per chunk in the attention blocks (:func:`attention`; 0: auto, -1: all).
+      learned_variance: add the learned-variance head (:func:`_outputs`).
 
     The blocks are not scanned: at each level the first block changes width and the
     up path's skips differ in width, so runs of identical blocks are one or two long.
@@ -465,9 +473,10 @@ class UNet(nn.Module):
     remat: bool = False
     dtype: str = "float32"
     query_chunk: int = 0
+    learned_variance: bool = False
 
     @nn.compact
-    def __call__(self, x_BxHxWxC, t_B, train: bool = False):
+    def __call__(self, x_BxHxWxC, t_B, train: bool = False, with_variance: bool = False):
         dtype = _dtype(self.dtype)
         conv = functools.partial(nn.Conv, dtype=dtype)
         # named ResBlock_<i> as linen would, so remat leaves the parameter tree unchanged
@@ -504,7 +513,26 @@ class UNet(nn.Module):
                 h = conv(c, (3, 3))(h)
         h = nn.silu(_group_norm(self.channels, dtype)(h))
         out = conv(x_BxHxWxC.shape[-1], (3, 3), kernel_init=nn.initializers.zeros)(h)
-        return out.astype(jnp.float32)
+        return _outputs(self, out, functools.partial(conv, x_BxHxWxC.shape[-1], (3, 3)), h,
+                        with_variance)
+
+
+def _outputs(module: nn.Module, eps, make_head, h, with_variance: bool):
+    """ε, or (ε, log γ) with ``with_variance``: the learned-variance head (docs/math.md §5).
+
+    With ``learned_variance`` the network has one more output layer, ``variance_head``, fed
+    by the same features as ε's and zero at initialisation; it predicts log γ, γ(x_t, t) =
+    Var[ε | x_t] per coordinate, so Var[x_0 | x_t] = (σ_t²/α_t²) γ
+    (:func:`nnd.losses.learned_x0_variance`). Without it the parameters are those of
+    checkpoints written before the head existed.
+    """
+    eps = eps.astype(jnp.float32)
+    if not module.learned_variance:
+        if with_variance:
+            raise ValueError("this network has no learned variance (model.learned_variance = False)")
+        return eps
+    log_gamma = make_head(kernel_init=nn.initializers.zeros, name="variance_head")(h)
+    return (eps, log_gamma.astype(jnp.float32)) if with_variance else eps
 
 
 #: Name → ε-network class; ``config.model`` holds the name and exactly the class's fields.

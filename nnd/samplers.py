@@ -31,13 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnd import batching, compile_cache, ode, walks
+from nnd import batching, compile_cache, losses, ode, walks
 from nnd import processes as processes_lib
 from nnd.increments import Law
 from nnd.processes import Process, ScoreFn
 
 __all__ = ["SAMPLERS", "Settings", "pf_ode_field", "reverse_walk", "predictor_corrector", "pf_ode",
-           "sample", "compiled", "draw"]
+           "sample", "compiled", "network_fns", "draw"]
 
 #: Sampler names a config may use (``sampling.sampler``).
 SAMPLERS = ("walk", "pc", "ode", "heun")
@@ -49,6 +49,8 @@ class Settings:
 
     sampler: str = "walk"
     scheme: str = walks.DEFAULT_SCHEME  # reverse step of walk and pc (walks.SCHEMES)
+    eta: float = walks.DEFAULT_ETA  # the variance family's η (walks.ancestral_step)
+    variance_weight: float | None = None  # its w; None: the scheme's own (0 ancestral, 1 analytic)
     grid: str = processes_lib.DEFAULT_GRID  # times of walk, pc and heun (processes.GRIDS)
     num_steps: int = 300
     denoise: bool = True
@@ -76,10 +78,13 @@ def pf_ode_field(process: Process, score_fn: ScoreFn):
 def reverse_walk(process: Process, law: Law, score_fn: ScoreFn, key: jax.Array, shape, *,
                  num_steps: int, denoise: bool = True, scheme: str = walks.DEFAULT_SCHEME,
                  grid: str = processes_lib.DEFAULT_GRID,
-                 dtype=jnp.float32):
-    """The reverse walk (:func:`nnd.walks.reverse`) with increments from ``law``; returns (x, nfe)."""
+                 dtype=jnp.float32, **family):
+    """The reverse walk (:func:`nnd.walks.reverse`) with increments from ``law``; returns (x, nfe).
+
+    ``family``: ``eta``, ``variance_weight`` and ``x0_variance_fn`` of :func:`nnd.walks.reverse`.
+    """
     x = walks.reverse(process, law, score_fn, key, shape, num_steps, denoise=denoise, scheme=scheme,
-                      grid=grid, dtype=dtype)
+                      grid=grid, dtype=dtype, **family)
     return x, jnp.asarray(num_steps + int(denoise), jnp.int32)
 
 
@@ -91,7 +96,8 @@ def predictor_corrector(process: Process, law: Law, score_fn: ScoreFn, key: jax.
                         num_steps: int, snr: float = 0.16, corrector_steps: int = 1,
                         denoise: bool = True, scheme: str = walks.DEFAULT_SCHEME,
                         grid: str = processes_lib.DEFAULT_GRID,
-                        dtype=jnp.float32):
+                        dtype=jnp.float32, eta=walks.DEFAULT_ETA, variance_weight=None,
+                        x0_variance_fn=None):
     """Reverse-walk predictor with a Langevin corrector whose noise is ``law``; returns (x, nfe).
 
     At t = t_{k+1}, ``corrector_steps`` times: ``x ← x + ε s + √(2ε) z`` with
@@ -101,9 +107,11 @@ def predictor_corrector(process: Process, law: Law, score_fn: ScoreFn, key: jax.
     step: score_sde's α_i = 1 - β_iΔt for vp and sub-vp to first order in Δt, and 1
     for ve (Song et al. 2021, Alg. 5); then the reverse step to t_k of ``scheme``
     (:func:`nnd.walks.scheme_step`; eq. 8 for ``euler``) with increments from
-    ``law``, on the times of ``grid`` (:func:`nnd.processes.sampling_grid`).
+    ``law``, on the times of ``grid`` (:func:`nnd.processes.sampling_grid`), with the
+    variance family's ``eta``, ``variance_weight`` and ``x0_variance_fn`` (:func:`nnd.walks.reverse`).
     """
     num_steps = processes_lib.check_num_steps(num_steps)
+    walks.check_family(scheme, eta, variance_weight, x0_variance_fn is not None)
     if snr <= 0:
         raise ValueError(f"snr must be positive, got {snr}")
     if corrector_steps < 0:
@@ -125,7 +133,9 @@ def predictor_corrector(process: Process, law: Law, score_fn: ScoreFn, key: jax.
             x = x + eps * s + jnp.sqrt(2.0 * eps) * z
         s = score_fn(x, t_B).astype(dtype)
         z = law.sample(jax.random.fold_in(key_pred, k), shape, dtype)
-        return walks.scheme_step(process, scheme, x, s, z, t, t_down), None
+        v = None if x0_variance_fn is None else x0_variance_fn(x, t_B).astype(dtype)
+        return walks.scheme_step(process, scheme, x, s, z, t, t_down, v, eta=eta,
+                                 variance_weight=variance_weight), None
 
     x, _ = jax.lax.scan(step, x_init, (jnp.arange(num_steps), t_grid[1:], t_grid[:-1]),
                         reverse=True)
@@ -162,19 +172,22 @@ def sample(sampler: str, process: Process, law: Law, score_fn: ScoreFn, key: jax
            num_steps: int, denoise: bool = True, snr: float = 0.16, corrector_steps: int = 1,
            rtol: float = 1e-3, atol: float = 1e-3, scheme: str = walks.DEFAULT_SCHEME,
            grid: str = processes_lib.DEFAULT_GRID,
-           dtype=jnp.float32):
+           dtype=jnp.float32, eta=walks.DEFAULT_ETA, variance_weight=None, x0_variance_fn=None):
     """Dispatches on ``sampler`` (one of :data:`SAMPLERS`); returns (samples, nfe).
 
     ``law`` is the increment law of the walk and corrector noise (unused by the
-    ODE samplers, which are deterministic given the prior draw).
+    ODE samplers, which are deterministic given the prior draw); ``eta``,
+    ``variance_weight`` and ``x0_variance_fn`` choose the walk's and pc's member of the
+    variance family (:func:`nnd.walks.reverse`).
     """
+    family = dict(eta=eta, variance_weight=variance_weight, x0_variance_fn=x0_variance_fn)
     if sampler == "walk":
         return reverse_walk(process, law, score_fn, key, shape, num_steps=num_steps,
-                            denoise=denoise, scheme=scheme, grid=grid, dtype=dtype)
+                            denoise=denoise, scheme=scheme, grid=grid, dtype=dtype, **family)
     if sampler == "pc":
         return predictor_corrector(process, law, score_fn, key, shape, num_steps=num_steps,
                                    snr=snr, corrector_steps=corrector_steps, denoise=denoise,
-                                   scheme=scheme, grid=grid, dtype=dtype)
+                                   scheme=scheme, grid=grid, dtype=dtype, **family)
     if sampler in ("ode", "heun"):
         return pf_ode(process, score_fn, key, shape, solver=sampler, num_steps=num_steps,
                       rtol=rtol, atol=atol, denoise=denoise, grid=grid, dtype=dtype)
@@ -190,12 +203,15 @@ def compiled(model: nn.Module, process: Process, law: Law, shape: tuple, setting
     """
 
     def draw_batch(params, key):
-        eps_fn = functools.partial(_apply, model, params)
+        eps_fn, x0_variance_fn = network_fns(model, params, process)
         score_fn = processes_lib.score_fn_from_eps(process, eps_fn)
+        uses_variance = settings.scheme == "analytic" or bool(settings.variance_weight)
         return sample(settings.sampler, process, law, score_fn, key, shape,
                       num_steps=settings.num_steps, denoise=settings.denoise, snr=settings.snr,
                       corrector_steps=settings.corrector_steps, rtol=settings.rtol,
-                      atol=settings.atol, scheme=settings.scheme, grid=settings.grid)
+                      atol=settings.atol, scheme=settings.scheme, grid=settings.grid,
+                      eta=settings.eta, variance_weight=settings.variance_weight,
+                      x0_variance_fn=x0_variance_fn if uses_variance else None)
 
     return jax.jit(draw_batch)
 
@@ -204,8 +220,30 @@ def compiled(model: nn.Module, process: Process, law: Law, shape: tuple, setting
 _USED: set = set()
 
 
-def _apply(model, params, x, t_B):
-    return model.apply({"params": params}, x, t_B)
+def network_fns(model: nn.Module, params, process: Process):
+    """(eps_fn, x0_variance_fn) of an ε-network; x0_variance_fn is None without a learned variance.
+
+    With the learned-variance head both come from one network call: the second function,
+    called on the same (x, t) right after the first (as a sampler's step does), reuses that
+    call's head output (:func:`nnd.losses.learned_x0_variance`) instead of calling again.
+    """
+    if not getattr(model, "learned_variance", False):
+        return (lambda x, t_B: model.apply({"params": params}, x, t_B)), None
+    last = {}
+
+    def both(x, t_B):
+        if last.get("args", (None, None))[0] is not x or last["args"][1] is not t_B:
+            last["args"] = (x, t_B)  # held, so the ids cannot be reused while cached
+            last["out"] = model.apply({"params": params}, x, t_B, with_variance=True)
+        return last["out"]
+
+    def eps_fn(x, t_B):
+        return both(x, t_B)[0]
+
+    def x0_variance_fn(x, t_B):
+        return losses.learned_x0_variance(process, both(x, t_B)[1], t_B)
+
+    return eps_fn, x0_variance_fn
 
 
 def draw(model: nn.Module, params, process: Process, law: Law, settings: Settings,

@@ -93,15 +93,18 @@ def train_step(state: TrainState, batch, key, *, model, tx, experiment, ema_deca
     """
 
     key_loss, key_dropout = jax.random.split(key)
+    learned_variance = bool(getattr(model, "learned_variance", False))
 
     def loss_fn(params):
         def eps_fn(x, t):
-            return model.apply({"params": params}, x, t, train=True, rngs={"dropout": key_dropout})
+            return model.apply({"params": params}, x, t, train=True, rngs={"dropout": key_dropout},
+                               with_variance=learned_variance)
 
         loss_B, t_B = losses.objective(
             eps_fn, batch, key_loss, process=experiment.process, q=experiment.q,
             p=experiment.p, num_steps=experiment.num_steps,
             scheme=experiment.sampling.scheme, grid=experiment.sampling.grid,
+            learned_variance=learned_variance,
         )
         return jnp.mean(loss_B), (loss_B, t_B)
 

@@ -21,16 +21,21 @@ import jax.numpy as jnp
 from nnd import increments
 from nnd import processes as processes_lib
 
-__all__ = ["SCHEMES", "DEFAULT_SCHEME", "forward_step", "euler_step", "ancestral_step",
-           "posterior_x0_variance", "scheme_step", "forward", "reverse", "moments", "tweedie_denoise"]
+__all__ = ["SCHEMES", "DEFAULT_SCHEME", "DEFAULT_ETA", "forward_step", "euler_step", "ancestral_step",
+           "family_coefficients", "check_family", "sample_per_example", "scheme_step", "forward", "reverse", "moments",
+           "tweedie_denoise"]
 
 #: Reverse-step schemes (docs/math.md §3): ``euler`` (eq. 8), ``ancestral`` (the exact Gaussian
-#: posterior of the forward process, law-z noise) and ``analytic`` (ancestral with the
-#: variance of x_0 given x_t added, Analytic-DPM style, estimated from the model's ε).
+#: posterior of the forward process, law-z noise; with η and w the whole variance family of
+#: :func:`ancestral_step`) and ``analytic`` (the moment-matched end, w = 1: ancestral with
+#: the per-point variance of x_0 given x_t added, which the caller supplies).
 SCHEMES = ("euler", "ancestral", "analytic")
 #: The default reverse scheme, chosen by measurement (docs/studies.md "Reverse schemes and grids"):
 #: with the exact gmm8 score it is the closest to the data at K = 10 and 30 on vp and vdm.
 DEFAULT_SCHEME = "ancestral"
+#: The default η of the variance family (:func:`ancestral_step`), chosen by measurement
+#: (docs/studies.md "The reverse-variance family").
+DEFAULT_ETA = 1.0
 
 
 def forward_step(process: processes_lib.Process, x: jax.Array, z: jax.Array, t,
@@ -60,61 +65,121 @@ def euler_step(process: processes_lib.Process, x: jax.Array, score: jax.Array, z
 
 
 def ancestral_step(process: processes_lib.Process, x: jax.Array, eps: jax.Array, z: jax.Array,
-                   t, s, x0_variance=0.0) -> jax.Array:
-    r"""One reverse step from t down to s < t through the forward process's Gaussian posterior.
+                   t, s, x0_variance=0.0, *, eta=1.0, variance_weight=1.0) -> jax.Array:
+    r"""One reverse step from t down to s < t of the variance family (docs/math.md §3).
 
-    With λ = log(α²/σ²), r = -expm1(λ_t - λ_s) ∈ (0, 1) and x̂_0 = (x_t - σ_t ε)/α_t (docs/math.md §3):
+    With λ = log(α²/σ²), r = -expm1(λ_t - λ_s) ∈ (0, 1), x̂_0 = (x_t - σ_t ε)/α_t, the forward
+    posterior's variance a = σ_s² r and the true reverse kernel's m = a + (α_s r)² v, where
+    v = Var[x_0 | x_t] per coordinate (``x0_variance``):
 
-    .. math::  x_s = \frac{\alpha_s}{\alpha_t}(1 - r)\, x_t + \alpha_s r\, \hat x_0
-                     + \sqrt{\sigma_s^2 r + (\alpha_s r)^2 v}\; z,
+    .. math::  c^2 = \eta^2\, a^{1-w} m^{w}, \qquad \rho = \min(c^2 / a,\ 1), \qquad
+               x_s = \alpha_s \hat x_0 + \sigma_s\sqrt{1 - \rho r}\;\varepsilon + c\, z,
 
-    z standardised of any law; ``x0_variance`` v = Var[x_0 | x_t] per coordinate (0:
-    the plain ancestral step, which under-disperses where a step is long in λ; see
-    :func:`posterior_x0_variance`). ``t`` and ``s`` are scalars.
+    z standardised of any law. η = 1, w = 0 is the ancestral step (the mean
+    (α_s/α_t)(1 - r) x_t + α_s r x̂_0 and variance a); η = 0 is DDIM's deterministic step;
+    η ∈ (0, 1) is DDIM(η); w ∈ (0, 1] interpolates the log-variance from a to the
+    moment-matched m (w = 1, the ``analytic`` scheme), with the ancestral mean; η > 1 inflates
+    the ancestral variance by η². Below a the mean keeps the part σ_s√(1 - c²/σ_s²) ε of the
+    noise that the step does not add back, so every member with c² ≤ a maps the noised
+    marginal N(α_t x_0, σ_t²) of a fixed x_0 (ε exact) to N(α_s x_0, σ_s²).
+    ``t`` and ``s`` are scalars; ``eta`` ≥ 0 and ``variance_weight`` ∈ [0, 1] are scalars (the
+    defaults, η = 1 and w = 1, add all of a given v: with v = 0 it is the ancestral step).
     """
-    lam_t, lam_s = process.log_snr(t), process.log_snr(s)
-    r = -jnp.expm1(lam_t - lam_s)
+    r = -jnp.expm1(process.log_snr(t) - process.log_snr(s))
     alpha_t, alpha_s = process.alpha(t), process.alpha(s)
     x0_hat = (x - process.sigma(t).astype(x.dtype) * eps) / alpha_t.astype(x.dtype)
     mean = ((alpha_s / alpha_t) * (1.0 - r)).astype(x.dtype) * x + (alpha_s * r).astype(x.dtype) * x0_hat
-    std = jnp.sqrt(process.sigma2(s) * r + jnp.square(alpha_s * r) * x0_variance)
-    return mean + std.astype(x.dtype) * z
+    keep, std = family_coefficients(process, t, s, x0_variance, eta=eta,
+                                    variance_weight=variance_weight)
+    return mean + keep.astype(x.dtype) * eps + std.astype(x.dtype) * z
 
 
-def posterior_x0_variance(process: processes_lib.Process, eps: jax.Array, t) -> jax.Array:
-    r"""Var[x_0 | x_t] per coordinate, estimated from ε predictions of a batch at time t.
+def family_coefficients(process: processes_lib.Process, t, s, x0_variance=0.0, *, eta=1.0,
+                        variance_weight=1.0):
+    r"""(κ, c) of :func:`ancestral_step`: x_s = (ancestral mean) + κ ε + c z.
 
-    Since E ε² = 1, Var[ε | x_t] = 1 - E[E[ε | x_t]²], and x_0 = (x_t - σ ε)/α gives
-    (Analytic-DPM, Bao et al. 2022)
+    .. math::  \kappa = \sigma_s\big(\sqrt{1 - \rho r} - \sqrt{1 - r}\big), \qquad
+               c = \sigma_s \sqrt{r}\; \eta \Big(\frac{m}{a}\Big)^{w/2}, \qquad
+               \frac{m}{a} = 1 + r\, e^{\lambda_s}\, v,
 
-    .. math::  \mathrm{Var}[x_0 \mid x_t] \approx \frac{\sigma_t^2}{\alpha_t^2}
-               \Big(1 - \overline{\varepsilon_\theta^2}\Big)_+,
-
-    the mean of ε_θ² taken over the batch and coordinates (one value per step).
+    κ = 0 from the ancestral step up (ρ = 1). Shapes broadcast with ``x0_variance``.
     """
-    gamma = jnp.mean(jnp.square(eps.astype(jnp.float32)))
-    return process.sigma2(t) / jnp.square(process.alpha(t)) * jnp.maximum(1.0 - gamma, 0.0)
+    lam_s = process.log_snr(s)
+    r = -jnp.expm1(process.log_snr(t) - lam_s)
+    sigma_s = process.sigma(s)
+    # m / a = 1 + r e^{λ_s} v: the moment-matched variance in units of the ancestral one
+    ratio = (1.0 + r * jnp.exp(lam_s) * x0_variance) ** variance_weight * jnp.square(eta)
+    rho = jnp.minimum(ratio, 1.0)
+    keep = sigma_s * (jnp.sqrt(1.0 - rho * r) - jnp.sqrt(1.0 - r))
+    return keep, sigma_s * jnp.sqrt(r * ratio)
 
 
 def scheme_step(process: processes_lib.Process, scheme: str, x: jax.Array, score: jax.Array,
-                   z: jax.Array, t, s, x0_variance=None) -> jax.Array:
+                   z: jax.Array, t, s, x0_variance=None, *, eta=1.0,
+                   variance_weight=None) -> jax.Array:
     """x at s < t from x at t with the given scheme (:data:`SCHEMES`), the score at t and z.
 
-    ``x0_variance`` (``analytic`` only): Var[x_0 | x_t] per point and coordinate, shaped
-    like x; None takes the batch's estimate (:func:`posterior_x0_variance`).
+    ``ancestral`` and ``analytic`` are members of the variance family of
+    :func:`ancestral_step` (``eta``, ``variance_weight``; ``analytic`` is w = 1 by default);
+    ``x0_variance``: Var[x_0 | x_t] per point and coordinate, shaped like x, needed where
+    w > 0. ``euler`` takes neither.
     """
-    if x0_variance is not None and scheme != "analytic":
-        raise ValueError(f"a per-point Var[x_0 | x_t] is for the 'analytic' scheme, not {scheme!r}")
+    weight = check_family(scheme, eta, variance_weight, x0_variance is not None)
     if scheme == "euler":
         return euler_step(process, x, score, z, t, t - s)
     eps = -process.sigma(t).astype(x.dtype) * score
-    if scheme == "ancestral":
-        return ancestral_step(process, x, eps, z, t, s)
-    if scheme == "analytic":
-        if x0_variance is None:
-            x0_variance = posterior_x0_variance(process, eps, t)
-        return ancestral_step(process, x, eps, z, t, s, x0_variance)
-    raise ValueError(f"unknown reverse scheme {scheme!r}; choose one of {SCHEMES}")
+    v = 0.0 if x0_variance is None else x0_variance
+    return ancestral_step(process, x, eps, z, t, s, v, eta=eta, variance_weight=weight)
+
+
+def check_family(scheme: str, eta, variance_weight, has_variance: bool) -> float:
+    """Checks a scheme's variance-family settings; returns the weight w it uses.
+
+    ``variance_weight=None`` means the scheme's own: 0 for ``ancestral``, 1 for ``analytic``.
+    Python numbers are checked here; traced values are taken as they are.
+
+    Raises:
+      ValueError: an unknown scheme; η or w given to ``euler``; η < 0; w outside [0, 1];
+        w > 0 without a per-point Var[x_0 | x_t] (there is no batch estimate: it would make a
+        sample depend on the batch it was drawn with).
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown reverse scheme {scheme!r}; choose one of {SCHEMES}")
+    if scheme == "euler":
+        if variance_weight is not None or has_variance or not _is_number(eta, 1.0):
+            raise ValueError("eta, variance_weight and a per-point Var[x_0 | x_t] are for the "
+                             "'ancestral' and 'analytic' schemes, not 'euler'")
+        return 0.0
+    weight = (1.0 if scheme == "analytic" else 0.0) if variance_weight is None else variance_weight
+    if isinstance(eta, (int, float)) and not eta >= 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    if isinstance(weight, (int, float)):
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"variance_weight must be in [0, 1], got {weight}")
+        if weight > 0 and not has_variance:
+            raise ValueError(
+                f"the {scheme!r} scheme with variance_weight={weight} needs a per-point "
+                "Var[x_0 | x_t] (x0_variance_fn: the oracle's, or a network's learned variance)")
+    elif not has_variance:
+        raise ValueError("a traced variance_weight needs a per-point Var[x_0 | x_t]")
+    return weight
+
+
+def _is_number(value, expected: float) -> bool:
+    return isinstance(value, (int, float)) and float(value) == expected
+
+
+def sample_per_example(law: increments.Law, key: jax.Array, shape: tuple[int, ...],
+                       dtype=jnp.float32) -> jax.Array:
+    """Draws [B, ...] from ``law`` with example i's values from ``fold_in(key, i)``.
+
+    Example i gets the same draw whatever the batch size B, so a sampler's first n outputs
+    do not depend on how many were drawn beside them.
+    """
+    def one(i):
+        return law.sample(jax.random.fold_in(key, i), tuple(shape[1:]), dtype)
+
+    return jax.vmap(one)(jnp.arange(shape[0]))
 
 
 def forward(process: processes_lib.Process, law: increments.Law, x0: jax.Array, key: jax.Array,
@@ -167,7 +232,8 @@ def tweedie_denoise(process: processes_lib.Process, score_fn: processes_lib.Scor
 def reverse(process: processes_lib.Process, law: increments.Law, score_fn: processes_lib.ScoreFn,
             key: jax.Array, shape: tuple[int, ...], num_steps: int, denoise: bool = True,
             *, scheme: str = DEFAULT_SCHEME, grid: str = processes_lib.DEFAULT_GRID,
-            dtype=jnp.float32, return_path: bool = False, x0_variance_fn=None):
+            dtype=jnp.float32, return_path: bool = False, x0_variance_fn=None,
+            eta=DEFAULT_ETA, variance_weight=None):
     """Runs the reverse structured random walk from the prior at t = 1 to t_eps.
 
     Reverse step from t_{k+1} to t_k with the score at t_{k+1} (docs/math.md §3); with
@@ -179,6 +245,10 @@ def reverse(process: processes_lib.Process, law: increments.Law, score_fn: proce
     ``ancestral`` (the default) and ``analytic`` use :func:`ancestral_step` instead (all
     three tend to the same SDE as Δt → 0, Theorem 3.3); the default grid is uniform in
     log-SNR.
+
+    Keys: the root key is split into a prior key and a steps key; example i of step k draws
+    from ``fold_in(fold_in(steps_key, k), i)`` (and of the prior from
+    ``fold_in(prior_key, i)``), so the first n samples are the same for any batch size ≥ n.
 
     Args:
       process: forward process; x_K is drawn from its prior.
@@ -194,29 +264,29 @@ def reverse(process: processes_lib.Process, law: increments.Law, score_fn: proce
       dtype: floating dtype of the samples.
       return_path: also return the path [K + 1, *shape], from t_K = 1 down to t_0.
       x0_variance_fn: ``fn(x [B, ...], t [B]) -> Var[x_0 | x_t]`` of x's shape, the
-        per-point variance of the ``analytic`` scheme (the exact one for a mixture:
-        :func:`nnd.oracles.gmm_x0_variance`); None: the batch's estimate.
+        per-point variance that ``analytic`` (and any w > 0) needs: the exact one for a
+        mixture is :func:`nnd.oracles.gmm_x0_variance`, a network's is its learned variance.
+      eta: the family's η (:func:`ancestral_step`): 0 deterministic (DDIM), 1 ancestral.
+      variance_weight: the family's w ∈ [0, 1]; None: 0 for ``ancestral``, 1 for ``analytic``.
 
     Returns:
       samples of the given shape (or (samples, path) if return_path).
     """
     num_steps = processes_lib.check_num_steps(num_steps)
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown reverse scheme {scheme!r}; choose one of {SCHEMES}")
-    if x0_variance_fn is not None and scheme != "analytic":
-        raise ValueError(f"x0_variance_fn is for the 'analytic' scheme, not {scheme!r}")
+    check_family(scheme, eta, variance_weight, x0_variance_fn is not None)
     shape = tuple(shape)
     t_grid = processes_lib.sampling_grid(process, num_steps, grid)
     key_prior, key_steps = jax.random.split(key)
-    x_init = process.prior_sample(key_prior, shape, dtype)
+    x_init = _prior_per_example(process, key_prior, shape, dtype)
 
     def step(x, inputs):
         k, t, t_next_down = inputs
         t_B = jnp.full((shape[0],), t, jnp.float32)
         score = score_fn(x, t_B).astype(dtype)
-        z = law.sample(jax.random.fold_in(key_steps, k), shape, dtype)
+        z = sample_per_example(law, jax.random.fold_in(key_steps, k), shape, dtype)
         v = None if x0_variance_fn is None else x0_variance_fn(x, t_B).astype(dtype)
-        x = scheme_step(process, scheme, x, score, z, t, t_next_down, v)
+        x = scheme_step(process, scheme, x, score, z, t, t_next_down, v, eta=eta,
+                        variance_weight=variance_weight)
         return x, (x if return_path else None)
 
     ks = jnp.arange(num_steps)
@@ -228,6 +298,14 @@ def reverse(process: processes_lib.Process, law: increments.Law, score_fn: proce
         full = jnp.concatenate([path, x_init[None]], axis=0)[::-1]
         return x, full
     return x
+
+
+def _prior_per_example(process: processes_lib.Process, key: jax.Array, shape, dtype):
+    """The prior draw of example i from ``fold_in(key, i)`` (see :func:`sample_per_example`)."""
+    def one(i):
+        return process.prior_sample(jax.random.fold_in(key, i), (1,) + tuple(shape[1:]), dtype)[0]
+
+    return jax.vmap(one)(jnp.arange(shape[0]))
 
 
 def moments(process: processes_lib.Process, num_steps: int) -> tuple[jax.Array, jax.Array]:

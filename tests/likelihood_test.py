@@ -246,11 +246,16 @@ def _gaussian_data_bound(process, num_steps, scheme, *, n=4000, mu=0.3, var=0.25
         a, s2 = process.alpha(t)[:, None], process.sigma2(t)[:, None]
         return jnp.sqrt(s2) * (x - a * mu) / (a * a * var + s2)
 
+    def x0_variance_fn(x, t):  # exact and the same everywhere for Gaussian data
+        a2, s2 = jnp.square(process.alpha(t))[:, None], process.sigma2(t)[:, None]
+        return jnp.broadcast_to(var * s2 / (a2 * var + s2), x.shape)
+
     x0 = mu + math.sqrt(var) * jax.random.normal(jax.random.key(0), (n, 2))
     g = increments.get("gaussian")
+    fn = x0_variance_fn if scheme == "analytic" else None
     out = jax.jit(lambda x, k: likelihood.walk_bound(process, eps_fn, x, k, q=g, p=g,
                                                      num_steps=num_steps, scheme=scheme,
-                                                     grid="t"))(
+                                                     grid="t", x0_variance_fn=fn))(
         x0, jax.random.key(1))
     total = np.asarray(out["total"], np.float64)
     if riemann:
@@ -319,11 +324,45 @@ def test_reverse_kernel_is_the_step_the_sampler_runs(scheme):
     eps_pred = 0.7 * x + 0.1
     t, s = jnp.float32(0.6), jnp.float32(0.45)
     score = -eps_pred / VP.sigma(t)
-    step = lambda z: walks.scheme_step(VP, scheme, x, score, z, t, s)  # noqa: E731
-    mean, scale = likelihood.reverse_kernel(VP, scheme, x, eps_pred, t, s)
+    v = 0.2 + 0.1 * jnp.square(x) if scheme == "analytic" else None  # a per-point Var[x_0 | x_t]
+    step = lambda z: walks.scheme_step(VP, scheme, x, score, z, t, s, v)  # noqa: E731
+    mean, scale = likelihood.reverse_kernel(VP, scheme, x, eps_pred, t, s, v)
     np.testing.assert_allclose(mean, step(jnp.zeros_like(x)), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(step(jnp.ones_like(x)) - mean, np.full(x.shape, float(scale)),
-                               rtol=1e-4)
+    np.testing.assert_allclose(step(jnp.ones_like(x)) - mean,
+                               np.broadcast_to(np.asarray(scale), x.shape), rtol=1e-4)
+
+
+@pytest.mark.parametrize("eta, weight", [(0.5, 0.0), (1.0, 0.5), (1.3, 0.0)])
+def test_reverse_kernel_follows_every_member_of_the_variance_family(eta, weight):
+    # The family's mean and scale (DDIM(η) below the ancestral step, an interpolated variance
+    # above it) are the step the sampler runs, and the gap is posterior mean minus model mean.
+    x = jax.random.normal(jax.random.key(0), (5, 3))
+    x0 = jax.random.normal(jax.random.key(1), (5, 3))
+    eps_pred = 0.7 * x + 0.1
+    t, s = jnp.float32(0.6), jnp.float32(0.45)
+    v = 0.2 + 0.1 * jnp.square(x)
+    family = dict(eta=eta, variance_weight=weight)
+    step = lambda z: walks.scheme_step(VP, "ancestral", x, -eps_pred / VP.sigma(t), z, t, s, v,  # noqa: E731
+                                       **family)
+    mean, scale = likelihood.reverse_kernel(VP, "ancestral", x, eps_pred, t, s, v, **family)
+    np.testing.assert_allclose(mean, step(jnp.zeros_like(x)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(step(jnp.ones_like(x)) - mean,
+                               np.broadcast_to(np.asarray(scale), x.shape), rtol=1e-4)
+    gap = likelihood.kernel_gap(VP, "ancestral", x0, x, eps_pred, t, s, v, **family)
+    mean_q, _ = likelihood.posterior_kernel(VP, x0, x, t, s)
+    np.testing.assert_allclose(gap, mean_q - mean, rtol=1e-4, atol=1e-5)
+
+
+def test_analytic_without_a_per_point_variance_is_refused_in_one_line():
+    # The batch estimate made a sample depend on its batch; there is none now.
+    x = jnp.zeros((2, 3))
+    with pytest.raises(ValueError, match="needs a per-point") as info:
+        likelihood.walk_bound(VP, lambda x, t: x, x, jax.random.key(0), q="gaussian",
+                              p="laplace", num_steps=3, scheme="analytic")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="no density"):
+        likelihood.walk_bound(VP, lambda x, t: x, x, jax.random.key(0), q="gaussian",
+                              p="laplace", num_steps=3, eta=0.0)
 
 
 @pytest.mark.parametrize("p", ["uniform", "rademacher"])
@@ -353,7 +392,8 @@ def test_walk_bound_in_float64_mode():
         assert out["total"].dtype == jnp.float32 and np.all(np.isfinite(out["total"]))
 
 
-def _marginal_gaussian_sum(process, eps_fn, x0, key, num_steps, scheme, grid):
+def _marginal_gaussian_sum(process, eps_fn, x0, key, num_steps, scheme, grid,
+                           x0_variance_fn=None):
     """The Gaussian-marginal sum of earlier versions: x_t = α x_0 + σ ε drawn afresh per step,
     each step the exact KL of the Gaussian step against the posterior."""
     t_grid = processes.sampling_grid(process, num_steps, grid)
@@ -365,7 +405,9 @@ def _marginal_gaussian_sum(process, eps_fn, x0, key, num_steps, scheme, grid):
         x = process.marginal(x0, eps, jnp.full((n,), t))
         eps_pred = eps_fn(x, jnp.full((n,), t))
         if k < num_steps:
-            term = likelihood.gaussian_step_kl(process, scheme, x0, x, eps, eps_pred, t, t_grid[k])
+            v = None if x0_variance_fn is None else x0_variance_fn(x, jnp.full((n,), t))
+            term = likelihood.gaussian_step_kl(process, scheme, x0, x, eps, eps_pred, t, t_grid[k],
+                                               v)
         else:
             term = likelihood._decoder_nll(process, eps_fn, x0, x, t)
         total += np.asarray(term, np.float64)
@@ -383,9 +425,11 @@ def test_gaussian_bound_agrees_with_the_gaussian_marginal_sum(scheme):
     eps_fn = lambda x, t: -VP.sigma(t)[:, None] * score(x, t)  # noqa: E731
     n, num_steps = 4000, 6
     x0 = oracles.sample_gmm(jax.random.key(0), mix, n)
+    fn = oracles.gmm_x0_variance(VP, mix) if scheme == "analytic" else None
     bound = np.asarray(jax.jit(lambda x, k: likelihood.walk_bound(
         VP, eps_fn, x, k, q="gaussian", p="gaussian", num_steps=num_steps, scheme=scheme,
-        grid="t"))(x0, jax.random.key(1))["total"], np.float64)
-    marginal = _marginal_gaussian_sum(VP, eps_fn, x0, jax.random.key(2), num_steps, scheme, "t")
+        grid="t", x0_variance_fn=fn))(x0, jax.random.key(1))["total"], np.float64)
+    marginal = _marginal_gaussian_sum(VP, eps_fn, x0, jax.random.key(2), num_steps, scheme, "t",
+                                      fn)
     se = math.sqrt(bound.var() / n + marginal.var() / n)
     assert abs(bound.mean() - marginal.mean()) < 4 * se, (bound.mean(), marginal.mean(), se)

@@ -167,3 +167,34 @@ def test_corrector_step_size_carries_the_signal_kept_by_one_step(setup):
         z = law.sample(jax.random.fold_in(key_pred, k), (N, 2))
         y = walks.euler_step(process, y, score(y, t_B), z, t_grid[k + 1], dt)
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-4)
+
+
+def test_a_learned_variance_samples_with_one_network_call_per_step(monkeypatch):
+    # network_fns: ε and Var[x_0 | x_t] of one step come from one call of the network, and the
+    # analytic walk of the compiled sampler takes its variance from the head.
+    from nnd import losses, models, walks
+    process = processes.get("vp")
+    model = models.make("mlp", hidden=16, depth=1, embed_dim=8, learned_variance=True)
+    params = models.init_params(model, jax.random.key(0), jnp.zeros((2, 2)))
+    params = jax.tree.map(lambda a: a + 0.05, params)  # a head that is not zero
+    calls = []
+    apply = models.MLP.apply
+    monkeypatch.setattr(models.MLP, "apply", lambda self, *a, **k: calls.append(1) or apply(self, *a, **k))
+    eps_fn, x0_variance_fn = samplers.network_fns(model, params, process)
+    x, t_B = jnp.ones((3, 2)), jnp.full((3,), 0.4)
+    eps, v = eps_fn(x, t_B), x0_variance_fn(x, t_B)
+    assert len(calls) == 1
+    _, log_gamma = apply(model, {"params": params}, x, t_B, with_variance=True)
+    np.testing.assert_allclose(v, losses.learned_x0_variance(process, log_gamma, t_B), rtol=1e-6)
+    calls.clear()
+    settings = samplers.Settings(scheme="analytic", num_steps=4, batch_size=8)
+    x_s, nfe = samplers.compiled(model, process, increments.get("laplace"), (8, 2), settings)(
+        params, jax.random.key(1))
+    assert len(calls) == 2 and int(nfe) == 5  # one trace of the step, one of the Tweedie step
+    want = walks.reverse(process, increments.get("laplace"), processes.score_fn_from_eps(
+        process, lambda x_, t_: apply(model, {"params": params}, x_, t_)), jax.random.key(1),
+        (8, 2), 4, scheme="analytic", x0_variance_fn=x0_variance_fn)
+    np.testing.assert_allclose(x_s, want, rtol=1e-5, atol=1e-6)
+    plain = samplers.network_fns(models.make("mlp", hidden=16, depth=1, embed_dim=8),
+                                 params, process)
+    assert plain[1] is None

@@ -105,6 +105,10 @@ def test_sample_without_checkpoint_raises(tmp_path):
         ("sampling.scheme", "ddim", "config.sampling.scheme"),
         ("sampling.grid", "karras", "config.sampling.grid"),
         ("sampling.snr", 0.0, "config.sampling.snr"),
+        ("sampling.eta", -0.5, "config.sampling.eta"),
+        ("sampling.variance_weight", 1.5, "config.sampling.variance_weight"),
+        ("sampling.scheme", "analytic", "needs a per-point Var"),
+        ("sampling.variance_weight", 0.5, "config.model.learned_variance = True"),
         ("eval.divergence", "hutchinson", "config.eval.divergence"),
         ("eval.solver", "rk4", "config.eval.solver"),
         ("eval.num_samples", 1, "config.eval.num_samples"),
@@ -118,6 +122,32 @@ def test_bad_config_is_refused_naming_the_field(field, value, message):
     config[section][name] = value
     with pytest.raises(ValueError, match=message):
         config_lib.resolve(config)
+
+
+def test_learned_variance_config_reaches_the_sampler_and_refuses_euler():
+    config = _tiny_config()
+    config.model.learned_variance = True
+    config.sampling.scheme = "analytic"
+    experiment = config_lib.resolve(config)
+    assert experiment.model.learned_variance and experiment.sampling.scheme == "analytic"
+    config.sampling.scheme = "euler"
+    with pytest.raises(config_lib.ConfigError, match="config.model.learned_variance"):
+        config_lib.resolve(config)
+
+
+def test_a_workdir_recorded_before_the_learned_variance_field_still_loads(tmp_path):
+    # run_config.json of earlier runs has no model.learned_variance: off is what it meant.
+    config = _tiny_config()
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints" / "10").mkdir(parents=True)
+    config_lib.check_same_run(str(workdir), config, record=True)  # no record yet: writes one
+    stored = json.loads((workdir / config_lib.RUN_CONFIG).read_text())
+    del stored["model.learned_variance"]
+    (workdir / config_lib.RUN_CONFIG).write_text(json.dumps(stored))
+    config_lib.check_same_run(str(workdir), config, record=True)
+    config.model.learned_variance = True
+    with pytest.raises(config_lib.ConfigError, match="model.learned_variance"):
+        config_lib.check_same_run(str(workdir), config, record=True)
 
 
 @pytest.mark.parametrize("mode", ["train", "sample", "eval"])
@@ -155,7 +185,7 @@ def test_a_parameter_the_process_does_not_take_is_refused():
 
 def test_model_section_holds_only_the_chosen_models_fields():
     config = _tiny_config()
-    assert set(config.model) == {"name", "hidden", "depth", "embed_dim"}
+    assert set(config.model) == {"name", "hidden", "depth", "embed_dim", "learned_variance"}
     config.model.name = "vdm"  # the mlp's fields do not fit VDM's network
     with pytest.raises(ValueError, match="config.model"):
         config_lib.resolve(config)

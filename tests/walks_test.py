@@ -389,11 +389,9 @@ def test_ancestral_step_is_the_gaussian_posterior_of_the_forward_process():
 @pytest.mark.parametrize("scheme, exact", [("analytic", True), ("ancestral", False)])
 def test_one_long_step_with_the_exact_score_keeps_gaussian_data_on_its_marginal(scheme, exact):
     # Data N(0, v I): x_t ~ N(0, α_t² v + σ_t²). The true reverse kernel maps it to the
-    # marginal at s; the analytic scheme has exactly its variance (Var[x_0 | x_t] is
-    # constant here and the mean of ε_θ² is its estimate), the ancestral one too little.
-    # x_t is standardised to its exact variance, so the batch estimate of Var[x_0 | x_t]
-    # (which amplifies the sampling noise of mean ε² by σ_t²/α_t² ≈ 11 here) is exact and
-    # only the noise z's sample variance is left to the tolerance.
+    # marginal at s; the analytic scheme, given Var[x_0 | x_t] (constant here), has exactly
+    # its variance, the ancestral one too little. x_t is standardised to its exact variance,
+    # so only the noise z's sample variance is left to the tolerance.
     p, v, n = processes.get("vp"), 0.25, 200_000
     t, s = 0.5, 0.2
     var_t = float(p.alpha(t)) ** 2 * v + float(p.sigma2(t))
@@ -402,7 +400,9 @@ def test_one_long_step_with_the_exact_score_keeps_gaussian_data_on_its_marginal(
     x_t = jnp.asarray(np.sqrt(var_t) * normal / np.sqrt(np.mean(normal**2)), jnp.float32)
     score = -x_t / var_t
     z = increments.get("laplace").sample(jax.random.key(1), (n, 2))
-    x_s = walks.scheme_step(p, scheme, x_t, score, z, t, s)
+    x0_var = v * float(p.sigma2(t)) / var_t if exact else None
+    x_s = walks.scheme_step(p, scheme, x_t, score, z, t, s,
+                            None if x0_var is None else jnp.full_like(x_t, x0_var))
     got = float(np.var(np.asarray(x_s, np.float64)))
     se = var_s * math.sqrt(2.0 / (2 * n))  # sd of a variance estimate from 2n values (kurtosis ~3)
     if exact:
@@ -428,8 +428,10 @@ def test_lambda_grid_has_equal_log_snr_steps_and_the_same_ends(name):
                                           ("euler", "lambda")])
 def test_every_scheme_and_grid_reaches_the_data_at_k100(gmm_setup, scheme, grid):
     p, _, score, data = gmm_setup
+    fn = oracles.gmm_x0_variance(p, oracles.gmm8()) if scheme == "analytic" else None
     x = jax.jit(lambda k: walks.reverse(p, increments.get("uniform"), score, k, (2000, 2), 100,
-                                        scheme=scheme, grid=grid))(jax.random.PRNGKey(4))
+                                        scheme=scheme, grid=grid, x0_variance_fn=fn))(
+        jax.random.PRNGKey(4))
     width, _ = metrics.nearest_centre(np.asarray(x), oracles.gmm8().means)
     assert abs(width - BLOB_WIDTH) < BLOB_BAND, width  # the band of the euler walk at K = 300
     assert metrics.energy_distance(np.asarray(x), data) < 0.003
@@ -456,26 +458,69 @@ def test_analytic_with_a_per_point_variance():
     exact = walks.reverse(process, law, score_fn, key, shape, 6, scheme="analytic",
                           x0_variance_fn=oracles.gmm_x0_variance(process, gmm))
     assert np.all(np.isfinite(np.asarray(exact))) and not np.allclose(exact, plain)
-    with pytest.raises(ValueError, match="for the 'analytic' scheme, not 'ancestral'"):
-        walks.reverse(process, law, score_fn, key, shape, 6, scheme="ancestral",
+    with pytest.raises(ValueError, match="not 'euler'"):
+        walks.reverse(process, law, score_fn, key, shape, 6, scheme="euler",
                       x0_variance_fn=lambda x, t: jnp.zeros_like(x))
+    with pytest.raises(ValueError, match="needs a per-point"):
+        walks.reverse(process, law, score_fn, key, shape, 6, scheme="analytic")
 
 
-def test_a_per_point_variance_makes_each_step_independent_of_the_batch():
-    # The batch estimate couples the examples of a batch; a per-point variance does not:
-    # an example's step is the same alone as among 99 others (same x, score and z).
+@pytest.mark.parametrize("law", ["laplace", "student_t"])
+def test_analytic_samples_do_not_depend_on_the_batch_size(law):
+    # Per-example keys and a per-point variance: the first 100 of 4000 samples are the 100
+    # samples of a batch of 100 (issue 22's acceptance; student_t draws by a ziggurat loop).
+    process, gmm = processes.get("vp"), oracles.gmm8()
+    draw = lambda n: walks.reverse(  # noqa: E731
+        process, increments.get(law), oracles.gmm_score(process, gmm), jax.random.key(3),
+        (n, 2), 4, scheme="analytic", x0_variance_fn=oracles.gmm_x0_variance(process, gmm))
+    np.testing.assert_allclose(np.asarray(draw(4000))[:100], np.asarray(draw(100)),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_family_ends_are_ancestral_analytic_and_ddim():
     process = processes.get("vp")
-    gmm = oracles.gmm8()
-    fn = oracles.gmm_x0_variance(process, gmm)
-    x = jax.random.normal(jax.random.key(1), (100, 2)) * 0.7
-    z = jax.random.normal(jax.random.key(2), (100, 2))
+    x = jax.random.normal(jax.random.key(1), (50, 2)) * 0.7
+    eps = jax.random.normal(jax.random.key(2), (50, 2))
+    z = jax.random.normal(jax.random.key(3), (50, 2))
+    v = 0.01 + 0.05 * jnp.square(x)
     t, s = 0.6, 0.3
-    score = oracles.gmm_score(process, gmm)(x, jnp.full((100,), t))
+    step = lambda **kw: np.asarray(walks.ancestral_step(process, x, eps, z, t, s, v, **kw))  # noqa: E731
+    ancestral = np.asarray(walks.ancestral_step(process, x, eps, z, t, s))
+    np.testing.assert_array_equal(step(eta=1.0, variance_weight=0.0), ancestral)
+    analytic = np.asarray(walks.scheme_step(process, "analytic", x, -eps / process.sigma(t), z,
+                                            t, s, v))
+    np.testing.assert_allclose(step(eta=1.0, variance_weight=1.0), analytic, rtol=1e-5, atol=1e-6)
+    # η = 0: DDIM's x_s = α_s x̂_0 + σ_s ε, with no noise
+    x0_hat = (x - process.sigma(t) * eps) / process.alpha(t)
+    ddim = process.alpha(s) * x0_hat + process.sigma(s) * eps
+    np.testing.assert_allclose(step(eta=0.0, variance_weight=0.5), np.asarray(ddim),
+                               rtol=1e-5, atol=1e-6)
 
-    def step(rows, per_point):
-        v = fn(x[rows], jnp.full((len(rows),), t)) if per_point else None
-        return np.asarray(walks.scheme_step(process, "analytic", x[rows], score[rows], z[rows], t, s, v))
 
-    every = np.arange(100)
-    np.testing.assert_allclose(step(every, True)[:1], step(every[:1], True), rtol=1e-6)
-    assert not np.allclose(step(every, False)[:1], step(every[:1], False), rtol=1e-3)
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_ddim_side_of_the_family_keeps_the_noised_marginal_of_a_fixed_x0(eta):
+    # x_t = α_t x_0 + σ_t ε with the true ε: x_s has mean α_s x_0 and variance σ_s²
+    # (σ_s²(1 - ρr) from ε plus c² = ρσ_s² r from z), for every η ≤ 1.
+    process, n, t, s = processes.get("vdm"), 200_000, 0.7, 0.4
+    x0 = 0.3
+    eps = jax.random.normal(jax.random.key(0), (n, 1))
+    z = jax.random.normal(jax.random.key(1), (n, 1))
+    x_t = process.alpha(t) * x0 + process.sigma(t) * eps
+    x_s = np.asarray(walks.ancestral_step(process, x_t, eps, z, t, s, eta=eta), np.float64)
+    var_s = float(process.sigma2(s))
+    assert abs(x_s.mean() - float(process.alpha(s)) * x0) < 5 * math.sqrt(var_s / n)
+    assert abs(x_s.var() - var_s) < 5 * var_s * math.sqrt(2.0 / n)
+
+
+def test_family_settings_are_checked():
+    process, gmm = processes.get("vp"), oracles.gmm8()
+    args = (process, increments.get("gaussian"), oracles.gmm_score(process, gmm),
+            jax.random.key(0), (4, 2), 3)
+    with pytest.raises(ValueError, match="eta must be >= 0"):
+        walks.reverse(*args, eta=-0.1)
+    with pytest.raises(ValueError, match=r"variance_weight must be in \[0, 1\]"):
+        walks.reverse(*args, variance_weight=1.5, x0_variance_fn=lambda x, t: x)
+    with pytest.raises(ValueError, match="needs a per-point"):
+        walks.reverse(*args, variance_weight=0.5)
+    with pytest.raises(ValueError, match="not 'euler'"):
+        walks.reverse(*args, scheme="euler", eta=0.5)
