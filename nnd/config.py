@@ -112,13 +112,15 @@ def _check_sampling(s):
     _positive_int(s, "sampling", "corrector_steps", minimum=0)
     for field in ("snr", "rtol", "atol"):
         _positive_float(s, "sampling", field)
-    if isinstance(s.eta, bool) or not isinstance(s.eta, (int, float)) or not s.eta >= 0:
-        raise ConfigError(f"config.sampling.eta: must be a number >= 0, got {s.eta!r}")
+    eta = s.get("eta")
+    if eta is not None and (isinstance(eta, bool) or not isinstance(eta, (int, float))
+                            or not eta >= 0):
+        raise ConfigError(f"config.sampling.eta: must be a number >= 0, got {eta!r}")
     weight = s.get("variance_weight")
     if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))
                                or not 0.0 <= weight <= 1.0):
         raise ConfigError(f"config.sampling.variance_weight: must be in [0, 1], got {weight!r}")
-    if s.scheme == "euler" and (s.eta != 1.0 or weight is not None):
+    if s.scheme == "euler" and (eta not in (None, 1.0) or weight is not None):
         raise ConfigError("config.sampling.eta / variance_weight: the variance family is for the "
                           "'ancestral' and 'analytic' schemes, not 'euler'")
 
@@ -232,7 +234,7 @@ def resolve(config, num_devices: int = 1) -> Experiment:
                                  num_steps=s.num_steps, denoise=bool(s.denoise),
                                  snr=float(s.snr), corrector_steps=s.corrector_steps,
                                  rtol=float(s.rtol), atol=float(s.atol), batch_size=s.batch_size,
-                                 eta=float(s.eta),
+                                 eta=None if s.get("eta") is None else float(s.eta),
                                  variance_weight=(None if s.get("variance_weight") is None
                                                   else float(s.variance_weight)))
     o = config.optim

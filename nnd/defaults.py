@@ -136,7 +136,9 @@ def default() -> ml_collections.ConfigDict:
     config.sampling.sampler = "walk"  # walk (reverse walk, eq. 8) | pc (predictor-corrector) | ode | heun (PF-ODE, eq. 6)
     config.sampling.scheme = walks.DEFAULT_SCHEME  # walk and pc step: ancestral | analytic | euler (eq. 8)
     config.sampling.grid = processes.DEFAULT_GRID  # walk, pc, heun: lambda (uniform log-SNR) | t (the paper's)
-    config.sampling.eta = walks.DEFAULT_ETA  # variance family: 0 DDIM, 1 ancestral, > 1 wider (docs/math.md §3)
+    # variance family's η: 0 DDIM, 1 ancestral, > 1 wider (docs/math.md §3); unset: the
+    # measured rule of K (walks.default_eta: 1 below K = 18, 0.9 to 24, 0.8 from 25)
+    config.sampling.eta = ml_collections.config_dict.placeholder(float)
     # variance family's w in [0, 1] (ancestral -> moment-matched; > 0 needs model.learned_variance);
     # unset: the scheme's own (0 ancestral, 1 analytic)
     config.sampling.variance_weight = ml_collections.config_dict.placeholder(float)

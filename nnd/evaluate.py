@@ -48,7 +48,7 @@ import numpy as np
 
 from nnd import (batching, checkpoints, compile_cache, data, increments, keys, likelihood, losses,
                  metrics)
-from nnd import models, oracles, paths, pictures, processes, samplers, summaries
+from nnd import models, oracles, paths, pictures, processes, samplers, summaries, walks
 from nnd import config as config_lib
 from nnd.progress import Progress
 
@@ -198,7 +198,9 @@ def _walk_bound(config, run: Restored, x, levels, key) -> dict:
     batch_size = min(config.eval.batch_size, len(x))
     p, law = experiment.p, experiment.sampling_law
     common = {"num_examples": len(x), "num_steps": experiment.num_steps, "scheme": sampling.scheme,
-              "grid": sampling.grid, "eta": sampling.eta,
+              "grid": sampling.grid,
+              "eta": walks.resolve_eta(sampling.eta, sampling.scheme, sampling.variance_weight,
+                                       experiment.num_steps),
               "variance_weight": sampling.variance_weight}
 
     def run_terms(fn, key_):
@@ -234,7 +236,7 @@ def _walk_bound(config, run: Restored, x, levels, key) -> dict:
     walk = (f"the K-step reverse walk with law p={p} kernels ({sampling.scheme} scheme, "
             f"{sampling.grid} grid), then the Gaussian decoder N(x_hat, (sigma_0/alpha_0)^2) "
             "around the sampler's last (Tweedie) step")
-    if sampling.eta == 0:
+    if common["eta"] == 0:
         bound = {"label": "bound", "law": str(p), **common,
                  "none": "eta = 0: deterministic (DDIM) steps have no density, so no bound"}
     elif likelihood.is_bound(experiment.q, p):

@@ -412,7 +412,7 @@ def _check_scheme(num_steps, scheme: str) -> int:
 def walk_bound(process: processes_lib.Process, eps_fn: processes_lib.EpsFn, x0: jax.Array,
                key: jax.Array, *, q: increments.Law | str, p: increments.Law | str, num_steps: int,
                scheme: str = walks.DEFAULT_SCHEME,
-               grid: str = processes_lib.DEFAULT_GRID, x0_variance_fn=None, eta=1.0,
+               grid: str = processes_lib.DEFAULT_GRID, x0_variance_fn=None, eta=None,
                variance_weight=None) -> dict:
     r"""A true upper bound on -log p_θ(x_0), in nats per example, for every p of full support.
 
@@ -449,8 +449,9 @@ def walk_bound(process: processes_lib.Process, eps_fn: processes_lib.EpsFn, x0: 
     Gaussian-marginal sum of earlier versions. For ``ancestral`` both choices coincide
     (b_k = σ_s√r); for ``euler``, ``analytic`` and the rest of the variance family this r keeps
     x_t on the data's noised marginals, where the network was trained. ``x0_variance_fn``,
-    ``eta`` and ``variance_weight`` choose the member as in :func:`nnd.walks.reverse`
-    (``analytic`` needs the per-point variance; η = 0 has no density and no bound).
+    ``eta`` and ``variance_weight`` choose the member as in :func:`nnd.walks.reverse`, with the
+    same default rule (``analytic`` needs the per-point variance; η = 0 has no density and no
+    bound).
 
     Raises:
       ValueError: p of bounded support (uniform) or without a density (rademacher): there is
@@ -462,6 +463,8 @@ def walk_bound(process: processes_lib.Process, eps_fn: processes_lib.EpsFn, x0: 
       decoder's expected -log density) and ``total`` (their sum, the bound).
     """
     num_steps = _check_scheme(num_steps, scheme)
+    eta = 1.0 if scheme == "euler" and eta is None else walks.resolve_eta(
+        eta, scheme, variance_weight, num_steps)
     walks.check_family(scheme, eta, variance_weight, x0_variance_fn is not None)
     if isinstance(eta, (int, float)) and eta == 0:
         raise ValueError("eta = 0 is a deterministic step: it has no density, so no bound")

@@ -49,7 +49,7 @@ class Settings:
 
     sampler: str = "walk"
     scheme: str = walks.DEFAULT_SCHEME  # reverse step of walk and pc (walks.SCHEMES)
-    eta: float = walks.DEFAULT_ETA  # the variance family's η (walks.ancestral_step)
+    eta: float | None = None  # the variance family's η (walks.ancestral_step); None: walks.resolve_eta
     variance_weight: float | None = None  # its w; None: the scheme's own (0 ancestral, 1 analytic)
     grid: str = processes_lib.DEFAULT_GRID  # times of walk, pc and heun (processes.GRIDS)
     num_steps: int = 300
@@ -96,7 +96,7 @@ def predictor_corrector(process: Process, law: Law, score_fn: ScoreFn, key: jax.
                         num_steps: int, snr: float = 0.16, corrector_steps: int = 1,
                         denoise: bool = True, scheme: str = walks.DEFAULT_SCHEME,
                         grid: str = processes_lib.DEFAULT_GRID,
-                        dtype=jnp.float32, eta=walks.DEFAULT_ETA, variance_weight=None,
+                        dtype=jnp.float32, eta=None, variance_weight=None,
                         x0_variance_fn=None):
     """Reverse-walk predictor with a Langevin corrector whose noise is ``law``; returns (x, nfe).
 
@@ -111,6 +111,8 @@ def predictor_corrector(process: Process, law: Law, score_fn: ScoreFn, key: jax.
     variance family's ``eta``, ``variance_weight`` and ``x0_variance_fn`` (:func:`nnd.walks.reverse`).
     """
     num_steps = processes_lib.check_num_steps(num_steps)
+    eta = 1.0 if scheme == "euler" and eta is None else walks.resolve_eta(
+        eta, scheme, variance_weight, num_steps)
     walks.check_family(scheme, eta, variance_weight, x0_variance_fn is not None)
     if snr <= 0:
         raise ValueError(f"snr must be positive, got {snr}")
@@ -172,7 +174,7 @@ def sample(sampler: str, process: Process, law: Law, score_fn: ScoreFn, key: jax
            num_steps: int, denoise: bool = True, snr: float = 0.16, corrector_steps: int = 1,
            rtol: float = 1e-3, atol: float = 1e-3, scheme: str = walks.DEFAULT_SCHEME,
            grid: str = processes_lib.DEFAULT_GRID,
-           dtype=jnp.float32, eta=walks.DEFAULT_ETA, variance_weight=None, x0_variance_fn=None):
+           dtype=jnp.float32, eta=None, variance_weight=None, x0_variance_fn=None):
     """Dispatches on ``sampler`` (one of :data:`SAMPLERS`); returns (samples, nfe).
 
     ``law`` is the increment law of the walk and corrector noise (unused by the

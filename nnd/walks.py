@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from nnd import increments
 from nnd import processes as processes_lib
 
-__all__ = ["SCHEMES", "DEFAULT_SCHEME", "DEFAULT_ETA", "forward_step", "euler_step", "ancestral_step",
+__all__ = ["SCHEMES", "DEFAULT_SCHEME", "ETA_RULE", "default_eta", "resolve_eta", "forward_step", "euler_step", "ancestral_step",
            "family_coefficients", "check_family", "sample_per_example", "scheme_step", "forward", "reverse", "moments",
            "tweedie_denoise"]
 
@@ -33,9 +33,9 @@ SCHEMES = ("euler", "ancestral", "analytic")
 #: The default reverse scheme, chosen by measurement (docs/studies.md "Reverse schemes and grids"):
 #: with the exact gmm8 score it is the closest to the data at K = 10 and 30 on vp and vdm.
 DEFAULT_SCHEME = "ancestral"
-#: The default η of the variance family (:func:`ancestral_step`), chosen by measurement
-#: (docs/studies.md "The reverse-variance family").
-DEFAULT_ETA = 1.0
+#: The default rule for the variance family's η (:func:`default_eta`), chosen by measurement
+#: (docs/studies.md "The reverse-variance family"): (smallest K, η) in increasing K.
+ETA_RULE = ((1, 1.0), (18, 0.9), (25, 0.8))
 
 
 def forward_step(process: processes_lib.Process, x: jax.Array, z: jax.Array, t,
@@ -165,6 +165,27 @@ def check_family(scheme: str, eta, variance_weight, has_variance: bool) -> float
     return weight
 
 
+def default_eta(num_steps: int) -> float:
+    """The η of :data:`ETA_RULE` for K steps: 1 (ancestral) below 18, 0.9 to 24, 0.8 from 25.
+
+    Measured on the exact gmm8 score (``python -m nnd.experiments.variance``, docs/studies.md
+    "The reverse-variance family"): at K = 30 it keeps every law on vp and vdm within 3.1% of
+    the data's blob width, where the ancestral step (η = 1) under-disperses by up to 12.7%.
+    """
+    num_steps = processes_lib.check_num_steps(num_steps)
+    return [eta for first, eta in ETA_RULE if num_steps >= first][-1]
+
+
+def resolve_eta(eta, scheme: str, variance_weight, num_steps: int):
+    """η to use: ``eta`` if given; else :func:`default_eta` for the plain ``ancestral``
+    family (w unset or 0), and 1 where a per-point variance sets the step's width (w > 0)."""
+    if eta is not None:
+        return eta
+    if scheme == "ancestral" and variance_weight in (None, 0, 0.0):
+        return default_eta(num_steps)
+    return 1.0
+
+
 def _is_number(value, expected: float) -> bool:
     return isinstance(value, (int, float)) and float(value) == expected
 
@@ -233,7 +254,7 @@ def reverse(process: processes_lib.Process, law: increments.Law, score_fn: proce
             key: jax.Array, shape: tuple[int, ...], num_steps: int, denoise: bool = True,
             *, scheme: str = DEFAULT_SCHEME, grid: str = processes_lib.DEFAULT_GRID,
             dtype=jnp.float32, return_path: bool = False, x0_variance_fn=None,
-            eta=DEFAULT_ETA, variance_weight=None):
+            eta=None, variance_weight=None):
     """Runs the reverse structured random walk from the prior at t = 1 to t_eps.
 
     Reverse step from t_{k+1} to t_k with the score at t_{k+1} (docs/math.md §3); with
@@ -266,13 +287,18 @@ def reverse(process: processes_lib.Process, law: increments.Law, score_fn: proce
       x0_variance_fn: ``fn(x [B, ...], t [B]) -> Var[x_0 | x_t]`` of x's shape, the
         per-point variance that ``analytic`` (and any w > 0) needs: the exact one for a
         mixture is :func:`nnd.oracles.gmm_x0_variance`, a network's is its learned variance.
-      eta: the family's η (:func:`ancestral_step`): 0 deterministic (DDIM), 1 ancestral.
+      eta: the family's η (:func:`ancestral_step`): 0 deterministic (DDIM), 1 ancestral;
+        None: the default rule (:func:`resolve_eta`; :func:`default_eta` of K for ``ancestral``).
       variance_weight: the family's w ∈ [0, 1]; None: 0 for ``ancestral``, 1 for ``analytic``.
 
     Returns:
       samples of the given shape (or (samples, path) if return_path).
     """
     num_steps = processes_lib.check_num_steps(num_steps)
+    if scheme != "euler":
+        eta = resolve_eta(eta, scheme, variance_weight, num_steps)
+    elif eta is None:
+        eta = 1.0
     check_family(scheme, eta, variance_weight, x0_variance_fn is not None)
     shape = tuple(shape)
     t_grid = processes_lib.sampling_grid(process, num_steps, grid)

@@ -524,3 +524,32 @@ def test_family_settings_are_checked():
         walks.reverse(*args, variance_weight=0.5)
     with pytest.raises(ValueError, match="not 'euler'"):
         walks.reverse(*args, scheme="euler", eta=0.5)
+
+
+def test_reverse_defaults_are_the_eta_rule():
+    process, gmm = processes.get("vdm"), oracles.gmm8()
+    args = (process, increments.get("laplace"), oracles.gmm_score(process, gmm), jax.random.key(2),
+            (16, 2))
+    for num_steps in (10, 20, 30):
+        eta = walks.default_eta(num_steps)
+        np.testing.assert_array_equal(walks.reverse(*args, num_steps),
+                                      walks.reverse(*args, num_steps, eta=eta))
+    assert [walks.default_eta(k) for k in (1, 17, 18, 24, 25, 1000)] == [1.0, 1.0, 0.9, 0.9, 0.8, 0.8]
+    assert walks.resolve_eta(None, "analytic", None, 30) == 1.0  # the moment-matched end
+    assert walks.resolve_eta(0.3, "ancestral", None, 30) == 0.3
+
+
+@pytest.mark.slow  # ten walks of 20000 samples
+@pytest.mark.parametrize("name", ["vp", "vdm"])
+def test_the_default_rule_keeps_every_law_within_5_percent_at_k30(name):
+    # Issue 22's goal on the exact score: the blob width of the default walk within 5% of the
+    # data's 2·0.1² for every law. The squared distance to the nearest centre is 0.1²χ²₂
+    # (sd = mean) near the blobs, so the sample mean's relative standard error is 1/√n;
+    # allowed: 5% plus 3 standard errors. (Measured: at most 3.1%; η = 1 misses by 12.7%.)
+    n, process, gmm = 20000, processes.get(name), oracles.gmm8()
+    score = oracles.gmm_score(process, gmm)
+    for i, law in enumerate(["gaussian", "laplace", "uniform", "logistic", "student_t"]):
+        x = jax.jit(lambda k: walks.reverse(process, increments.get(law), score, k, (n, 2), 30))(
+            jax.random.key(100 + i))
+        width, _ = metrics.nearest_centre(np.asarray(x), gmm.means)
+        assert abs(width / BLOB_WIDTH - 1.0) < 0.05 + 3.0 / math.sqrt(n), (law, width)
