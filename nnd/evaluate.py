@@ -199,8 +199,9 @@ def _walk_bound(config, run: Restored, x, levels, key) -> dict:
     p, law = experiment.p, experiment.sampling_law
     common = {"num_examples": len(x), "num_steps": experiment.num_steps, "scheme": sampling.scheme,
               "grid": sampling.grid,
-              "eta": walks.resolve_eta(sampling.eta, sampling.scheme, sampling.variance_weight,
-                                       experiment.num_steps),
+              # the bound's η: the sampler's if set, else 1 (the member a bound prefers; the
+              # default rule's η < 1 loosens it many times, docs/math.md §3.4)
+              "eta": 1.0 if sampling.eta is None else sampling.eta,
               "variance_weight": sampling.variance_weight}
 
     def run_terms(fn, key_):
@@ -211,7 +212,7 @@ def _walk_bound(config, run: Restored, x, levels, key) -> dict:
             family = {}
             if fn is likelihood.walk_bound:  # the member of the variance family that samples
                 uses_variance = sampling.scheme == "analytic" or bool(sampling.variance_weight)
-                family = dict(eta=sampling.eta, variance_weight=sampling.variance_weight,
+                family = dict(eta=common["eta"], variance_weight=sampling.variance_weight,
                               x0_variance_fn=x0_variance_fn if uses_variance else None)
             return fn(experiment.process, eps_fn, z, k, q=experiment.q, p=p,
                       num_steps=experiment.num_steps, scheme=sampling.scheme, grid=sampling.grid,
@@ -245,6 +246,13 @@ def _walk_bound(config, run: Restored, x, levels, key) -> dict:
     else:
         bound = {"label": "bound", "law": str(p), **common,
                  "none": f"bounded support: p={p} has no bound of this kind"}
+    sampled_eta = walks.resolve_eta(sampling.eta, sampling.scheme, sampling.variance_weight,
+                                    sampling.num_steps)
+    if sampled_eta != common["eta"]:
+        bound["sampled_eta"] = sampled_eta
+        bound["sampled_walk_eta"] = (f"samples use eta = {sampled_eta} (the default rule at "
+                                     f"{sampling.num_steps} steps); this bound is of eta = "
+                                     f"{common['eta']}")
     if str(law) != str(p):
         bound["sampling_law"] = str(law)
         bound["sampled_walk"] = (

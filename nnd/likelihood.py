@@ -412,7 +412,7 @@ def _check_scheme(num_steps, scheme: str) -> int:
 def walk_bound(process: processes_lib.Process, eps_fn: processes_lib.EpsFn, x0: jax.Array,
                key: jax.Array, *, q: increments.Law | str, p: increments.Law | str, num_steps: int,
                scheme: str = walks.DEFAULT_SCHEME,
-               grid: str = processes_lib.DEFAULT_GRID, x0_variance_fn=None, eta=None,
+               grid: str = processes_lib.DEFAULT_GRID, x0_variance_fn=None, eta=1.0,
                variance_weight=None) -> dict:
     r"""A true upper bound on -log p_θ(x_0), in nats per example, for every p of full support.
 
@@ -449,9 +449,12 @@ def walk_bound(process: processes_lib.Process, eps_fn: processes_lib.EpsFn, x0: 
     Gaussian-marginal sum of earlier versions. For ``ancestral`` both choices coincide
     (b_k = σ_s√r); for ``euler``, ``analytic`` and the rest of the variance family this r keeps
     x_t on the data's noised marginals, where the network was trained. ``x0_variance_fn``,
-    ``eta`` and ``variance_weight`` choose the member as in :func:`nnd.walks.reverse`, with the
-    same default rule (``analytic`` needs the per-point variance; η = 0 has no density and no
-    bound).
+    ``eta`` and ``variance_weight`` choose the member as in :func:`nnd.walks.reverse`
+    (``analytic`` needs the per-point variance; η = 0 has no density and no bound). The
+    default is η = 1, the member a bound prefers, not the sampler's default rule
+    (:func:`nnd.walks.default_eta`): the rule's η = 0.8 narrows each step below the
+    posterior's variance, and on toy_gaussian at K = 100 its bound is 8.72 nats/dim against
+    0.52 for η = 1 (docs/math.md §3.4); ``eta=None`` takes the rule.
 
     Raises:
       ValueError: p of bounded support (uniform) or without a density (rademacher): there is

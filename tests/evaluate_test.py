@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from nnd import defaults
-from nnd import evaluate, losses, train
+from nnd import evaluate, losses, train, walks
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -75,6 +75,7 @@ def test_eval_without_checkpoint_raises(tmp_path):
 @pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 def test_toy_eval_writes_every_file(tmp_path, caplog):
     config = _tiny_toy_config()
+    config.sampling.num_steps = 30  # the default rule samples with η = 0.8 here
     train.train(config, str(tmp_path))
     with caplog.at_level(logging.INFO):
         result = evaluate.evaluate(config, str(tmp_path))
@@ -92,6 +93,8 @@ def test_toy_eval_writes_every_file(tmp_path, caplog):
         "pf-ode", "bound", "estimate"]
     bound, estimate = result["walk_bound"], result["walk_estimate"]
     assert bound["num_examples"] == 40 and bound["num_steps"] == 20 and bound["law"] == "laplace"
+    # the bound is of the η = 1 walk; samples use the default rule's η, and it says so
+    assert bound["eta"] == 1.0 and bound["sampled_eta"] == walks.default_eta(30) == 0.8
     assert np.isfinite(bound["total_nats_per_dim"]) and np.isfinite(estimate["total_nats_per_dim"])
     for terms in (bound, estimate):
         np.testing.assert_allclose(
