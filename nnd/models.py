@@ -529,7 +529,8 @@ def _outputs(module: nn.Module, eps, make_head, h, with_variance: bool):
     eps = eps.astype(jnp.float32)
     if not module.learned_variance:
         if with_variance:
-            raise ValueError("this network has no learned variance (model.learned_variance = False)")
+            raise ValueError("this network has no learned variance "
+                             "(model.learned_variance = False)")
         return eps
     log_gamma = make_head(kernel_init=nn.initializers.zeros, name="variance_head")(h)
     return (eps, log_gamma.astype(jnp.float32)) if with_variance else eps

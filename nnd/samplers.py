@@ -49,7 +49,7 @@ class Settings:
 
     sampler: str = "walk"
     scheme: str = walks.DEFAULT_SCHEME  # reverse step of walk and pc (walks.SCHEMES)
-    eta: float | None = None  # the variance family's η (walks.ancestral_step); None: walks.resolve_eta
+    eta: float | None = None  # the variance family's η; None: the rule (walks.resolve_eta)
     variance_weight: float | None = None  # its w; None: the scheme's own (0 ancestral, 1 analytic)
     grid: str = processes_lib.DEFAULT_GRID  # times of walk, pc and heun (processes.GRIDS)
     num_steps: int = 300
@@ -108,7 +108,8 @@ def predictor_corrector(process: Process, law: Law, score_fn: ScoreFn, key: jax.
     for ve (Song et al. 2021, Alg. 5); then the reverse step to t_k of ``scheme``
     (:func:`nnd.walks.scheme_step`; eq. 8 for ``euler``) with increments from
     ``law``, on the times of ``grid`` (:func:`nnd.processes.sampling_grid`), with the
-    variance family's ``eta``, ``variance_weight`` and ``x0_variance_fn`` (:func:`nnd.walks.reverse`).
+    variance family's ``eta``, ``variance_weight`` and ``x0_variance_fn``
+    (:func:`nnd.walks.reverse`).
     """
     num_steps = processes_lib.check_num_steps(num_steps)
     eta = 1.0 if scheme == "euler" and eta is None else walks.resolve_eta(

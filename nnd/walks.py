@@ -21,9 +21,9 @@ import jax.numpy as jnp
 from nnd import increments
 from nnd import processes as processes_lib
 
-__all__ = ["SCHEMES", "DEFAULT_SCHEME", "ETA_RULE", "default_eta", "resolve_eta", "forward_step", "euler_step", "ancestral_step",
-           "family_coefficients", "check_family", "sample_per_example", "scheme_step", "forward", "reverse", "moments",
-           "tweedie_denoise"]
+__all__ = ["SCHEMES", "DEFAULT_SCHEME", "ETA_RULE", "default_eta", "resolve_eta", "forward_step",
+           "euler_step", "ancestral_step", "family_coefficients", "check_family",
+           "sample_per_example", "scheme_step", "forward", "reverse", "moments", "tweedie_denoise"]
 
 #: Reverse-step schemes (docs/math.md §3): ``euler`` (eq. 8), ``ancestral`` (the exact Gaussian
 #: posterior of the forward process, law-z noise; with η and w the whole variance family of
@@ -66,7 +66,7 @@ def euler_step(process: processes_lib.Process, x: jax.Array, score: jax.Array, z
 
 def ancestral_step(process: processes_lib.Process, x: jax.Array, eps: jax.Array, z: jax.Array,
                    t, s, x0_variance=0.0, *, eta=1.0, variance_weight=1.0) -> jax.Array:
-    r"""One reverse step from t down to s < t of the variance family (docs/math.md §3).
+    r"""One reverse step from t down to s < t of the variance family (docs/math.md §3.4).
 
     With λ = log(α²/σ²), r = -expm1(λ_t - λ_s) ∈ (0, 1), x̂_0 = (x_t - σ_t ε)/α_t, the forward
     posterior's variance a = σ_s² r and the true reverse kernel's m = a + (α_s r)² v, where
