@@ -31,6 +31,7 @@ def test_a_tiny_run_measures_each_member_like_the_walk(tmp_path):
     written = json.loads((tmp_path / "variance.json").read_text())
     assert written["rows"] == json.loads(json.dumps(result["rows"])) and len(written["rows"]) == 2
     assert "| rule |" in (tmp_path / "variance.md").read_text()
+    assert (tmp_path / "variance_widths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the w = 1 row is the analytic walk with the exact variance, from the run's own key
     process, gmm = processes.get("vdm"), oracles.gmm8()
     key_walks, _ = jax.random.split(jax.random.key(0))

@@ -17,8 +17,8 @@ on 2 CPU cores)::
 
     python -m nnd.experiments.variance --out docs/figures/variance
 
-It writes ``variance.json`` and ``variance.md`` (a table per process: worst law per member
-and K) into ``--out``.
+It writes ``variance.json``, ``variance.md`` (a table per process: worst law per member
+and K) and ``variance_widths.png`` (width error against η per K) into ``--out``.
 
 With ``--learned ROOT`` it measures learned networks instead: the three toy configs
 (``configs/toy_{gaussian,laplace,uniform}.py``, gmm8), each trained (if ``ROOT`` holds no
@@ -275,6 +275,34 @@ def markdown_table(result: dict) -> str:
     return "\n".join(out)
 
 
+def plot_widths(result: dict, path: str) -> None:
+    """Per process, the worst law's blob-width error against η (w = 0), one line per K, with
+    the ±5% band and the default rule's η marked."""
+    plt = common.pyplot()
+    fig, axes = plt.subplots(1, len(result["processes"]), figsize=(5.5 * len(result["processes"]),
+                                                                  4.2), dpi=150, squeeze=False)
+    for ax, name in zip(axes[0], result["processes"]):
+        ax.axhspan(-5, 5, color="0.88", zorder=0, label="within 5%")
+        ax.axhline(0, color="0.3", lw=0.8)
+        for i, k in enumerate(result["steps"]):
+            rows = [r for r in result["rows"] if r["process"] == name and r["K"] == k
+                    and r["w"] == 0 and r["member"] != "rule"]
+            etas = sorted({r["eta"] for r in rows})
+            worst = [max((r for r in rows if r["eta"] == e), key=lambda r: abs(r["width_error"]))
+                     for e in etas]
+            ax.plot(etas, [100 * r["width_error"] for r in worst], color=f"C{i}", marker="o",
+                    ms=4, label=f"K = {k}")
+            rule = walks.default_eta(k)
+            if rule in etas:
+                r = worst[etas.index(rule)]
+                ax.plot([rule], [100 * r["width_error"]], color=f"C{i}", marker="*", ms=14,
+                        ls="none")
+        common.style_axes(ax, title=f"{name}: worst of {len(result['laws'])} laws (★: default rule)",
+                          xlabel="η (0: DDIM, 1: ancestral)", ylabel="blob width error (%)",
+                          legend="upper right")
+    common.save_figure(fig, path, "The reverse-variance family on the exact gmm8 score")
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Parses flags, runs the experiment, writes ``variance.json`` and ``variance.md``."""
     parser = common.parser("variance", "The reverse-variance family at few steps, exact score.")
@@ -313,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                             markdown=learned_markdown(result), start=start, argv=argv)
     result = run(settings)
     return common.write(args.out, "variance", result, markdown=markdown_table(result),
+                        figures={"variance_widths.png": lambda path: plot_widths(result, path)},
                         start=start, argv=argv)
 
 
