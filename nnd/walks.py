@@ -111,7 +111,7 @@ def family_coefficients(process: processes_lib.Process, t, s, x0_variance=0.0, *
     ratio = (1.0 + r * jnp.exp(lam_s) * x0_variance) ** variance_weight * jnp.square(eta)
     rho = jnp.minimum(ratio, 1.0)
     keep = sigma_s * (jnp.sqrt(1.0 - rho * r) - jnp.sqrt(1.0 - r))
-    return keep, sigma_s * jnp.sqrt(r * ratio)
+    return keep, jnp.sqrt(process.sigma2(s) * r * ratio)  # as σ_s√r at ratio 1, to the bit
 
 
 def scheme_step(process: processes_lib.Process, scheme: str, x: jax.Array, score: jax.Array,

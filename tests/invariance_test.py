@@ -193,12 +193,12 @@ def test_make_walk_uses_the_scheme_and_grid(tmp_path):
     process, gmm = processes.get("vp"), oracles.gmm8()
     score = oracles.gmm_score(process, gmm)
     law = increments.get("gaussian")
-    euler, _ = invariance.make_walk(process, law, score, 64, 5)
-    analytic, _ = invariance.make_walk(process, law, score, 64, 5, scheme="analytic", grid="lambda")
+    default, _ = invariance.make_walk(process, law, score, 64, 5)  # ancestral on the λ grid
+    on_t, _ = invariance.make_walk(process, law, score, 64, 5, scheme="ancestral", grid="t")
     key = jax.random.key(3)
-    expected = walks.reverse(process, law, score, key, (64, 2), 5, scheme="analytic", grid="lambda")
-    np.testing.assert_allclose(np.asarray(analytic(key)), np.asarray(expected), rtol=1e-4, atol=1e-5)
-    assert not np.allclose(np.asarray(euler(key)), np.asarray(expected))
+    expected = walks.reverse(process, law, score, key, (64, 2), 5, scheme="ancestral", grid="t")
+    np.testing.assert_allclose(np.asarray(on_t(key)), np.asarray(expected), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(np.asarray(default(key)), np.asarray(expected))
 
 
 def test_command_line_reports_a_bad_law(tmp_path):
