@@ -128,7 +128,7 @@ def _check_sampling(s):
 def _check_learned_variance(sampling, model) -> None:
     learned = bool(getattr(model, "learned_variance", False))
     weight = sampling.get("variance_weight")
-    if not learned and (sampling.scheme == "analytic" or (weight or 0.0) > 0):
+    if not learned and walks.uses_x0_variance(sampling.scheme, weight):
         raise ConfigError(
             f"config.sampling.scheme / variance_weight: {sampling.scheme!r} with w = "
             f"{1.0 if weight is None else weight} needs a per-point Var[x_0 | x_t]; set "

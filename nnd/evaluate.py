@@ -211,9 +211,9 @@ def _walk_bound(config, run: Restored, x, levels, key) -> dict:
             eps_fn, x0_variance_fn = samplers.network_fns(model, params, experiment.process)
             family = {}
             if fn is likelihood.walk_bound:  # the member of the variance family that samples
-                uses_variance = sampling.scheme == "analytic" or bool(sampling.variance_weight)
                 family = dict(eta=common["eta"], variance_weight=sampling.variance_weight,
-                              x0_variance_fn=x0_variance_fn if uses_variance else None)
+                              x0_variance_fn=(x0_variance_fn if walks.uses_x0_variance(
+                                  sampling.scheme, sampling.variance_weight) else None))
             return fn(experiment.process, eps_fn, z, k, q=experiment.q, p=p,
                       num_steps=experiment.num_steps, scheme=sampling.scheme, grid=sampling.grid,
                       **family)

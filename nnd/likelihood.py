@@ -466,8 +466,7 @@ def walk_bound(process: processes_lib.Process, eps_fn: processes_lib.EpsFn, x0: 
       decoder's expected -log density) and ``total`` (their sum, the bound).
     """
     num_steps = _check_scheme(num_steps, scheme)
-    eta = 1.0 if scheme == "euler" and eta is None else walks.resolve_eta(
-        eta, scheme, variance_weight, num_steps)
+    eta = walks.resolve_eta(eta, scheme, variance_weight, num_steps)
     walks.check_family(scheme, eta, variance_weight, x0_variance_fn is not None)
     if isinstance(eta, (int, float)) and eta == 0:
         raise ValueError("eta = 0 is a deterministic step: it has no density, so no bound")

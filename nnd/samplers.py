@@ -112,8 +112,7 @@ def predictor_corrector(process: Process, law: Law, score_fn: ScoreFn, key: jax.
     (:func:`nnd.walks.reverse`).
     """
     num_steps = processes_lib.check_num_steps(num_steps)
-    eta = 1.0 if scheme == "euler" and eta is None else walks.resolve_eta(
-        eta, scheme, variance_weight, num_steps)
+    eta = walks.resolve_eta(eta, scheme, variance_weight, num_steps)
     walks.check_family(scheme, eta, variance_weight, x0_variance_fn is not None)
     if snr <= 0:
         raise ValueError(f"snr must be positive, got {snr}")
@@ -208,13 +207,13 @@ def compiled(model: nn.Module, process: Process, law: Law, shape: tuple, setting
     def draw_batch(params, key):
         eps_fn, x0_variance_fn = network_fns(model, params, process)
         score_fn = processes_lib.score_fn_from_eps(process, eps_fn)
-        uses_variance = settings.scheme == "analytic" or bool(settings.variance_weight)
         return sample(settings.sampler, process, law, score_fn, key, shape,
                       num_steps=settings.num_steps, denoise=settings.denoise, snr=settings.snr,
                       corrector_steps=settings.corrector_steps, rtol=settings.rtol,
                       atol=settings.atol, scheme=settings.scheme, grid=settings.grid,
                       eta=settings.eta, variance_weight=settings.variance_weight,
-                      x0_variance_fn=x0_variance_fn if uses_variance else None)
+                      x0_variance_fn=(x0_variance_fn if walks.uses_x0_variance(
+                          settings.scheme, settings.variance_weight) else None))
 
     return jax.jit(draw_batch)
 

@@ -22,7 +22,7 @@ from nnd import increments
 from nnd import processes as processes_lib
 
 __all__ = ["SCHEMES", "DEFAULT_SCHEME", "ETA_RULE", "default_eta", "resolve_eta", "forward_step",
-           "euler_step", "ancestral_step", "family_coefficients", "check_family",
+           "euler_step", "ancestral_step", "family_coefficients", "check_family", "uses_x0_variance",
            "sample_per_example", "scheme_step", "forward", "reverse", "moments", "tweedie_denoise"]
 
 #: Reverse-step schemes (docs/math.md §3): ``euler`` (eq. 8), ``ancestral`` (the exact Gaussian
@@ -186,6 +186,11 @@ def resolve_eta(eta, scheme: str, variance_weight, num_steps: int):
     return 1.0
 
 
+def uses_x0_variance(scheme: str, variance_weight) -> bool:
+    """Whether the member needs a per-point Var[x_0 | x_t]: ``analytic``, or any w > 0."""
+    return scheme == "analytic" or bool(variance_weight)
+
+
 def _is_number(value, expected: float) -> bool:
     return isinstance(value, (int, float)) and float(value) == expected
 
@@ -197,10 +202,13 @@ def sample_per_example(law: increments.Law, key: jax.Array, shape: tuple[int, ..
     Example i gets the same draw whatever the batch size B, so a sampler's first n outputs
     do not depend on how many were drawn beside them.
     """
-    def one(i):
-        return law.sample(jax.random.fold_in(key, i), tuple(shape[1:]), dtype)
+    return _per_example(lambda key_i, shape_i: law.sample(key_i, shape_i, dtype), key, shape)
 
-    return jax.vmap(one)(jnp.arange(shape[0]))
+
+def _per_example(draw, key: jax.Array, shape) -> jax.Array:
+    """[B, ...] with example i ``draw(fold_in(key, i), shape[1:])``."""
+    return jax.vmap(lambda i: draw(jax.random.fold_in(key, i), tuple(shape[1:])))(
+        jnp.arange(shape[0]))
 
 
 def forward(process: processes_lib.Process, law: increments.Law, x0: jax.Array, key: jax.Array,
@@ -295,15 +303,13 @@ def reverse(process: processes_lib.Process, law: increments.Law, score_fn: proce
       samples of the given shape (or (samples, path) if return_path).
     """
     num_steps = processes_lib.check_num_steps(num_steps)
-    if scheme != "euler":
-        eta = resolve_eta(eta, scheme, variance_weight, num_steps)
-    elif eta is None:
-        eta = 1.0
+    eta = resolve_eta(eta, scheme, variance_weight, num_steps)
     check_family(scheme, eta, variance_weight, x0_variance_fn is not None)
     shape = tuple(shape)
     t_grid = processes_lib.sampling_grid(process, num_steps, grid)
     key_prior, key_steps = jax.random.split(key)
-    x_init = _prior_per_example(process, key_prior, shape, dtype)
+    x_init = _per_example(lambda key_i, shape_i: process.prior_sample(key_i, shape_i, dtype),
+                          key_prior, shape)
 
     def step(x, inputs):
         k, t, t_next_down = inputs
@@ -324,14 +330,6 @@ def reverse(process: processes_lib.Process, law: increments.Law, score_fn: proce
         full = jnp.concatenate([path, x_init[None]], axis=0)[::-1]
         return x, full
     return x
-
-
-def _prior_per_example(process: processes_lib.Process, key: jax.Array, shape, dtype):
-    """The prior draw of example i from ``fold_in(key, i)`` (see :func:`sample_per_example`)."""
-    def one(i):
-        return process.prior_sample(jax.random.fold_in(key, i), (1,) + tuple(shape[1:]), dtype)[0]
-
-    return jax.vmap(one)(jnp.arange(shape[0]))
 
 
 def moments(process: processes_lib.Process, num_steps: int) -> tuple[jax.Array, jax.Array]:
