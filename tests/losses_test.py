@@ -693,7 +693,8 @@ def test_objective_of_perfect_model_is_zero_or_full_penalty():
     np.testing.assert_allclose(np.asarray(full), K * 3 * ell0, rtol=1e-4)
 
 
-@pytest.mark.parametrize("law", ["gaussian", "laplace", "logistic", "student_t", "gennorm"])
+@pytest.mark.fast_first
+@pytest.mark.parametrize("law", ["logistic", "gaussian", "laplace", "student_t", "gennorm"])
 def test_scale_shift_kl_against_numerical_integration(law):
     # ℓ_p(u, ρ) = KL(law of ρz + u ‖ p), z ~ p: scipy's integral of the two densities.
     from scipy import integrate

@@ -169,6 +169,7 @@ def test_corrector_step_size_carries_the_signal_kept_by_one_step(setup):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 def test_a_learned_variance_samples_with_one_network_call_per_step(monkeypatch):
     # network_fns: ε and Var[x_0 | x_t] of one step come from one call of the network, and the
     # analytic walk of the compiled sampler takes its variance from the head.

@@ -24,6 +24,7 @@ def test_members_parse_and_refuse():
         variance.Settings(n=100, ed_n=200)
 
 
+@pytest.mark.slow  # fast-tier budget: CI's slow tier runs it
 def test_a_tiny_run_measures_each_member_like_the_walk(tmp_path):
     result = variance.main(["--out", str(tmp_path), "--n", "400", "--ed-n", "200", "--steps", "4",
                             "--laws", "laplace", "--processes", "vdm",

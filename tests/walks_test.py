@@ -465,6 +465,7 @@ def test_analytic_with_a_per_point_variance():
         walks.reverse(process, law, score_fn, key, shape, 6, scheme="analytic")
 
 
+@pytest.mark.fast_first
 @pytest.mark.parametrize("law", ["laplace", "student_t"])
 def test_analytic_samples_do_not_depend_on_the_batch_size(law):
     # Per-example keys and a per-point variance: the first 100 of 4000 samples are the 100
@@ -530,7 +531,7 @@ def test_reverse_defaults_are_the_eta_rule():
     process, gmm = processes.get("vdm"), oracles.gmm8()
     args = (process, increments.get("laplace"), oracles.gmm_score(process, gmm), jax.random.key(2),
             (16, 2))
-    for num_steps in (10, 20, 30):
+    for num_steps in (30,):  # the rule's table is checked below without walks
         eta = walks.default_eta(num_steps)
         np.testing.assert_array_equal(walks.reverse(*args, num_steps),
                                       walks.reverse(*args, num_steps, eta=eta))
