@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from nnd.experiments import table2
+from nnd.experiments import common, table2
 
 TINY = {
     "data.batch_size": 16, "model.channels": 8, "model.num_blocks": 1, "model.embed_dim": 8,
@@ -123,6 +123,8 @@ def test_set_parses_values():
 def test_table2_command_trains_evaluates_and_writes_results(tmp_path):
     root, out = tmp_path / "runs", tmp_path / "out"
     sets = [f"--set={k}={v}" for k, v in TINY.items()]
+    # a section another command put on the page (the variance family's) survives remaking it
+    common.put_section(str(out / "results.md"), "variance-learned", "## Kept section\n\nrows")
     result = table2.main(["--root", str(root), "--out", str(out), "--train", "--jobs", "2",
                           "--rows", "gaussian,uniform", "--second-seed", "gaussian",
                           "--sampling-seeds", "2", "--few-steps", "2", *sets])
@@ -137,6 +139,7 @@ def test_table2_command_trains_evaluates_and_writes_results(tmp_path):
     assert all(len(s["seeds"]) == 2 for s in g["sampling"].values())
     text = (out / "results.md").read_text()
     assert "Smoke run" in text and "| uniform / gaussian | 0 |" in text
+    assert text.count("## Kept section") == 1 and text.index("Smoke run") < text.index("## Kept")
     written = json.loads((out / "results.json").read_text())
     assert "nproc" in written["machine"] and written["wall_seconds"] > 0
     assert (out / "table2_samples.png").read_bytes()[:4] == b"\x89PNG"

@@ -2,13 +2,15 @@
 learned toy networks)."""
 
 import json
+import math
+import os
 
 import jax
 import numpy as np
 import pytest
 
 from nnd import increments, metrics, oracles, processes, walks
-from nnd.experiments import variance
+from nnd.experiments import common, variance
 
 
 def test_members_parse_and_refuse():
@@ -58,3 +60,79 @@ def test_learned_run_trains_both_kinds_and_samples_with_the_head(tmp_path):
     with pytest.raises(ValueError, match="no checkpoint"):
         variance.main(["--out", str(tmp_path / "out"), "--learned", str(tmp_path / "none"),
                        "--no-train", "--steps", "5", "--n", "200", "--ed-n", "100"])
+
+
+def test_configs_parse_sets_and_names_and_refuse_others():
+    assert variance.parse_configs("toys") == variance.TOYS
+    assert variance.parse_configs("digits,digits_gaussian") == variance.DIGITS
+    assert variance.parse_configs("toy_laplace,digits_uniform") == ("toy_laplace", "digits_uniform")
+    with pytest.raises(ValueError, match="unknown --configs entry 'cifar_uniform'"):
+        variance.parse_configs("cifar_uniform")
+    with pytest.raises(ValueError, match="w > 0 goes in --head-members"):
+        variance.Learned(members=variance.parse_members("w=0.5"))
+    with pytest.raises(ValueError, match="--results goes with --learned"):
+        variance.main(["--out", "unused", "--results", "page.md"])
+
+
+def test_a_section_is_put_on_a_page_once_and_kept_when_the_page_is_remade(tmp_path):
+    page = str(tmp_path / "results.md")
+    common.put_section(page, "variance-learned", "## A\n\nfirst")
+    common.put_section(page, "variance-learned", "## A\n\nsecond")
+    text = (tmp_path / "results.md").read_text()
+    assert text.count("## A") == 1 and "second" in text and "first" not in text
+    (tmp_path / "results.md").write_text("# Table\n\nrows\n\n" + text + "\ntrailing words\n")
+    kept = common.kept_sections(page)
+    assert kept.startswith("<!-- begin variance-learned") and kept.endswith("-->\n")
+    assert "second" in kept and "Table" not in kept and "trailing" not in kept
+    common.put_section(page, "variance-learned", "## A\n\nthird")
+    text = (tmp_path / "results.md").read_text()
+    assert text.startswith("# Table\n\nrows\n\n") and text.endswith("trailing words\n")
+    assert "third" in text and "second" not in text
+    assert common.kept_sections(str(tmp_path / "none.md")) == ""
+
+
+@pytest.mark.slow  # trains two tiny digits networks (about a minute)
+def test_learned_digits_share_the_gaussian_network_score_fd_and_fill_the_results_page(
+        tmp_path, monkeypatch):
+    from nnd import samplers
+    from nnd.experiments import digit_features
+
+    runs, out, page = tmp_path / "runs", tmp_path / "out", tmp_path / "results.md"
+    page.write_text("# Table 2\n")
+    tiny = ["--set", "model.channels=8", "--set", "model.num_blocks=1", "--set",
+            "model.embed_dim=8", "--set", "train.num_steps=2", "--set", "train.checkpoint_every=2",
+            "--set", "train.sample_every=0", "--set", "data.batch_size=16"]
+    argv = ["--out", str(out), "--learned", str(runs), "--configs",
+            "digits_gaussian,digits_uniform", "--steps", "3", "--n", "40", "--ed-n", "40",
+            "--head-members", "w=0.5", "--results", str(page), *tiny]
+    result = variance.main(argv)
+    rows = result["rows"]
+    assert [(r["config"], r["head"], r["member"], r["law"]) for r in rows] == [
+        ("digits_gaussian", False, "η=1", "gaussian"), ("digits_gaussian", False, "rule", "gaussian"),
+        ("digits_gaussian", True, "η=1, w=0.5", "gaussian"),
+        ("digits_uniform", False, "η=1", "uniform"), ("digits_uniform", False, "rule", "uniform"),
+        ("digits_uniform", True, "η=1, w=0.5", "uniform")]
+    # uniform/gaussian samples the gaussian/gaussian networks: copied, not trained
+    for suffix in ("", "_head"):
+        assert sorted(os.listdir(runs / f"digits_uniform{suffix}" / "checkpoints")) == sorted(
+            os.listdir(runs / f"digits_gaussian{suffix}" / "checkpoints"))
+        assert not (runs / f"digits_uniform{suffix}" / "metrics.jsonl").exists()
+    assert all(math.isfinite(r["fd"]) and -1 < r["spread_error"] for r in rows)
+    written = (out / "variance_digits.md").read_text()
+    assert "| digits_uniform | yes | η=1, w=0.5 |" in written
+    text = page.read_text()
+    assert text.startswith("# Table 2\n") and text.count("| digits_gaussian | no | η=1 |") == 1
+    assert "python -m nnd.experiments.variance --out" in text
+    # a second run with the same settings reuses every unit (nothing is sampled) and
+    # replaces the page's section instead of adding one
+    monkeypatch.setattr(samplers, "draw", lambda *a, **k: pytest.fail("sampled again"))
+    again = variance.main(argv + ["--no-train"])
+    assert again["rows"] == json.loads(json.dumps(rows))
+    assert page.read_text().count("| digits_gaussian | no | η=1 |") == 1
+    # the spread error is 0 for the test digits themselves; FD is FID's in the classifier's features
+    score = variance._DigitsScore()
+    reference = digit_features.held_out_digits()
+    assert score(reference)["spread_error"] == pytest.approx(0.0, abs=1e-6)
+    assert score(2 * reference)["spread_error"] == pytest.approx(3.0, rel=1e-5)
+    assert score(reference)["fd"] == pytest.approx(digit_features.sample_quality(
+        score.classifier, reference, reference)["fd"])

@@ -131,6 +131,44 @@ def save_figure(fig, path: str, title: str) -> None:
     pictures.save(fig, path)
 
 
+# -- sections of a page that other commands make ------------------------------------
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return (f"<!-- begin {name}: made by its own command; kept when the page is remade -->",
+            f"<!-- end {name} -->")
+
+
+def put_section(page: str, name: str, text: str) -> None:
+    """Puts ``text`` into the section ``name`` of the Markdown file ``page`` (local or gs://):
+    between its markers if it has them, else appended (the page is created if missing)."""
+    begin, end = _markers(name)
+    path = paths.get(page)
+    old = path.read_text() if path.exists() else ""
+    block = f"{begin}\n{text.strip()}\n{end}\n"
+    if begin in old and end in old:
+        new = old[:old.index(begin)] + block + old[old.index(end) + len(end):].lstrip("\n")
+    else:
+        new = old.rstrip("\n") + ("\n\n" if old.strip() else "") + block
+    paths.write(path, new)
+
+
+def kept_sections(page: str) -> str:
+    """The marked sections of ``page`` (:func:`put_section`), for a command that remakes the
+    rest of it; "" if there are none or no page."""
+    path = paths.get(page)
+    text = path.read_text() if path.exists() else ""
+    blocks = []
+    for line in text.splitlines():
+        if line.startswith("<!-- begin ") and line.endswith("kept when the page is remade -->"):
+            name = line[len("<!-- begin "):].split(":", 1)[0]
+            end = _markers(name)[1]
+            if end in text[text.index(line):]:
+                start = text.index(line)
+                blocks.append(text[start:text.index(end, start) + len(end)] + "\n")
+    return "".join(blocks)
+
+
 # -- entry points ---------------------------------------------------------------------
 
 
@@ -151,14 +189,16 @@ def add_process_and_seed(parser_: argparse.ArgumentParser) -> None:
 
 def write(out: str, name: str, result: dict, *, markdown: str,
           figures: dict[str, Callable[[str], None]] | None = None,
-          start: float | None = None, argv: Sequence[str] | None = None) -> dict:
+          start: float | None = None, argv: Sequence[str] | None = None,
+          module: str | None = None) -> dict:
     """Writes ``OUT/NAME.json``, ``OUT/NAME.md``, then ``figures`` ({file name: draw(path)}).
 
     ``OUT`` may be local or gs:// (:mod:`nnd.paths`).
 
     Adds to ``result`` the machine (:func:`nnd.provenance.describe`), the wall
     time since ``start`` (``time.perf_counter()``) and the command line's arguments
-    ``argv`` (each left out when None). Prints the table and the files written;
+    ``argv`` as ``python -m nnd.experiments.MODULE ...`` (MODULE: ``module``, default NAME;
+    each left out when None). Prints the table and the files written;
     returns ``result``.
     """
     figures = figures or {}
@@ -166,7 +206,7 @@ def write(out: str, name: str, result: dict, *, markdown: str,
     if start is not None:
         result["wall_seconds"] = time.perf_counter() - start
     if argv is not None:
-        result["command"] = f"python -m nnd.experiments.{name} " + " ".join(argv)
+        result["command"] = f"python -m nnd.experiments.{module or name} " + " ".join(argv)
     root = paths.get(out)
     paths.write(root / f"{name}.json", json.dumps(result, indent=2))
     paths.write(root / f"{name}.md", markdown + "\n")

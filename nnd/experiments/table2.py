@@ -335,8 +335,10 @@ def run(root: str, out: str, *, rows: Sequence[str] = tuple(ROWS),
             argv if argv is not None else ["--root", root, "--out", out]),
         "wall_seconds": time.perf_counter() - start,
     }
-    text = markdown(result)
     out_root = paths.get(out)
+    # sections that other commands put on the page (the variance family's) stay
+    kept = common.kept_sections(str(out_root / "results.md"))
+    text = markdown(result) + ("\n" + kept if kept else "")
     paths.write(out_root / "results.json", json.dumps(result, indent=2))
     paths.write(out_root / "results.md", text)
     panels = {}

@@ -20,22 +20,37 @@ on 2 CPU cores)::
 It writes ``variance.json``, ``variance.md`` (a table per process: worst law per member
 and K) and ``variance_widths.png`` (width error against η per K) into ``--out``.
 
-With ``--learned ROOT`` it measures learned networks instead: the three toy configs
-(``configs/toy_{gaussian,laplace,uniform}.py``, gmm8), each trained (if ``ROOT`` holds no
-checkpoint yet) with and without the learned-variance head (``model.learned_variance``),
-sampled with the run's law at each K by the ancestral step (η = 1), the default rule, and,
-with the head, the moment-matched step (w = 1) and w = 0.5 (about 25 minutes)::
+With ``--learned ROOT`` it measures learned networks instead, the configs of ``--configs``:
+``toys`` (``configs/toy_{gaussian,laplace,uniform}.py``, gmm8: blob width and energy
+distance, as above) or ``digits`` (the four Table 2 rows on 8×8 digits: FD, precision and
+recall in a digits classifier's features (:mod:`nnd.experiments.digit_features`), the energy
+distance, and the spread error, the samples' total per-pixel variance over the test
+digits', minus 1). Each is trained (if ``ROOT`` holds no checkpoint yet) without and with
+the learned-variance head (``model.learned_variance``) and sampled with the run's law at
+each K by the members of ``--no-head-members`` (default: the ancestral step η = 1 and the
+default rule) and of ``--head-members`` (default: those two, the moment-matched step w = 1
+and w = 0.5). ``digits_uniform`` samples ``digits_gaussian``'s networks (same gradients, as
+in Table 2). A network's rows are kept in its workdir, so an interrupted run resumes and two
+processes with different ``--configs`` can fill one ``ROOT`` side by side. The toys (about
+40 minutes; ``variance_learned.json`` and ``.md``)::
 
     python -m nnd.experiments.variance --learned runs/variance --steps 10,30,100,1000 \
-        --out docs/figures/variance
+        --n 10000 --out docs/figures/variance
 
-It writes ``variance_learned.json`` and ``variance_learned.md``.
+and the digits (``variance_digits.json`` and ``.md``, and the section of the results page;
+about 35 minutes of training per row on 2 CPU cores, and the sampling of
+``docs/results.md``'s own note)::
+
+    python -m nnd.experiments.variance --learned runs/variance --configs digits \
+        --steps 10,30,100,1000 --n 500 --head-members w=1,w=0.5 \
+        --out docs/figures/variance --results docs/results.md
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import math
 import time
 from typing import Sequence
@@ -43,20 +58,29 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from nnd import metrics, oracles, processes, walks
+from nnd import metrics, oracles, processes, provenance, walks
 from nnd.experiments import common
 from nnd.increments import Law
 
-__all__ = ["DEFAULT_MEMBERS", "Member", "Settings", "parse_members", "run", "markdown_table",
-           "main"]
+__all__ = ["DEFAULT_MEMBERS", "Member", "Settings", "Learned", "parse_members", "parse_configs",
+           "run", "run_learned", "markdown_table", "learned_markdown", "main"]
 
 DEFAULT_LAWS = "gaussian,laplace,uniform,logistic,student_t:5"
 #: The default rule, η alone (no Var[x_0 | x_t] needed), then w at η = 1 (the exact
 #: per-point variance).
 DEFAULT_MEMBERS = ("rule,eta=0,eta=0.5,eta=0.7,eta=0.8,eta=0.9,eta=1,eta=1.1,eta=1.2,eta=1.3,"
                    "w=0.25,w=0.5,w=0.75,w=1")
-#: The toy configs of ``--learned``.
+#: The configs of ``--learned``: the toys (gmm8, scored by blob width) and the digits rows
+#: of Table 2 (scored in a digits classifier's features); ``--configs toys`` or ``digits``.
 TOYS = ("toy_gaussian", "toy_laplace", "toy_uniform")
+DIGITS = ("digits_gaussian", "digits_laplace", "digits_uniform", "digits_uniform_laplace")
+CONFIG_SETS = {"toys": TOYS, "digits": DIGITS}
+#: A config that samples another's networks (config -> config): uniform/gaussian trains
+#: exactly like gaussian/gaussian (the ε losses differ by the constant ℓ(0), and the head's
+#: term depends on p alone), as in Table 2.
+SHARED = {"digits_uniform": "digits_gaussian"}
+#: Where a ``--learned`` network keeps its rows (reused while the settings are the same).
+UNIT_JSON = "variance_unit.json"
 #: The population blob width of gmm8 (two coordinates of variance 0.1²).
 DATA_WIDTH = 2 * 0.1**2
 
@@ -180,76 +204,238 @@ def _measure(x_NxD, gmm, data_NxD, ed_n: int) -> dict:
     return {"blob_width": width, "width_error": width / DATA_WIDTH - 1.0, "energy_distance": ed}
 
 
-def run_learned(root: str, settings: Settings, *, train_missing: bool = True,
-                overrides: dict | None = None, log=print) -> dict:
-    """Trains (where ``root`` has no checkpoint) and samples the toy networks of :data:`TOYS`
-    with and without the learned-variance head; returns the JSON-ready result.
+def _config_index(name: str) -> int:
+    """The position of a ``--learned`` config in :data:`TOYS` + :data:`DIGITS` (its key's fold-in)."""
+    return (TOYS + DIGITS).index(name)
 
-    ``overrides``: {"section.field": value} applied to every config (a smoke run's sizes).
-    """
+
+def parse_configs(text: str | Sequence) -> tuple[str, ...]:
+    """``toys``, ``digits`` or config names of :data:`TOYS` and :data:`DIGITS`."""
+    def one(item: str) -> tuple[str, ...]:
+        if item in CONFIG_SETS:
+            return CONFIG_SETS[item]
+        if item not in TOYS + DIGITS:
+            raise ValueError(f"unknown --configs entry {item!r}; choose 'toys', 'digits' or "
+                             f"one of {', '.join(TOYS + DIGITS)}")
+        return (item,)
+    nested = common.parse_list(text, one, "configs")
+    return tuple(dict.fromkeys(name for group in nested for name in group))
+
+
+@dataclasses.dataclass(frozen=True)
+class Learned:
+    """What ``--learned`` samples: the configs, and the members on networks without and with
+    the learned-variance head."""
+
+    configs: tuple[str, ...] = TOYS
+    members: tuple[Member, ...] = LEARNED_MEMBERS
+    head_members: tuple[Member, ...] = LEARNED_MEMBERS + HEAD_MEMBERS
+
+    def __post_init__(self):
+        if not self.configs or not (self.members or self.head_members):
+            raise ValueError("--learned needs at least one config and one member")
+        if any(member.weight for member in self.members):
+            raise ValueError("a network without the head has no Var[x_0 | x_t]: w > 0 goes in "
+                             "--head-members")
+
+
+class _DigitsScore:
+    """FD, precision, recall and energy distance of digit samples against the 359 test digits
+    (:func:`nnd.experiments.digit_features.sample_quality`), and the spread error: the samples'
+    total per-pixel variance over the test digits', minus 1 (the digits' blob width)."""
+
+    def __init__(self):
+        from nnd.experiments import digit_features
+
+        self._quality = digit_features.sample_quality
+        self.classifier = digit_features.fit_classifier(0)
+        self.reference = digit_features.held_out_digits()
+        self._spread = float(np.sum(np.var(self.reference.reshape(len(self.reference), -1), 0)))
+
+    def __call__(self, x) -> dict:
+        x_NxD = np.asarray(x).reshape(len(x), -1)
+        if not np.all(np.isfinite(x_NxD)):
+            return {"fd": math.nan, "spread_error": math.nan, "energy_distance": math.nan}
+        quality = self._quality(self.classifier, x_NxD, self.reference)
+        spread = float(np.sum(np.var(x_NxD, axis=0)))
+        return {"fd": quality["fd"], "precision": quality["precision"],
+                "recall": quality["recall"], "energy_distance": quality["energy_distance"],
+                "spread_error": spread / self._spread - 1.0}
+
+
+def _unit_settings(settings: Settings, members: Sequence[Member], overrides: dict) -> dict:
+    return {"n": settings.n, "ed_n": settings.ed_n, "seed": settings.seed,
+            "steps": list(settings.steps), "members": [str(m) for m in members],
+            "overrides": overrides}
+
+
+def _learned_unit(root: str, name: str, head: bool, settings: Settings,
+                  members: Sequence[Member], key_walks, score, *, train_missing: bool,
+                  overrides: dict, log) -> list[dict]:
+    """Trains (if missing), samples and scores one network; its rows are kept in
+    ``<workdir>/variance_unit.json`` and reused while the settings are the same."""
     import importlib
 
     from nnd import evaluate, paths, samplers, train
 
-    gmm = oracles.gmm8()
-    key_walks, key_data = jax.random.split(jax.random.key(settings.seed))
-    data_NxD = np.asarray(oracles.sample_gmm(key_data, gmm, settings.ed_n))
+    config = importlib.import_module(f"configs.{name}").get_config()
+    config.model.learned_variance = head
+    for field, value in overrides.items():
+        section, _, key = field.partition(".")
+        config[section][key] = value
+    suffix = "_head" if head else ""
+    workdir = str(paths.get(root) / (name + suffix))
+    unit_json = paths.get(workdir) / UNIT_JSON
+    wanted = _unit_settings(settings, members, overrides)
+    if unit_json.exists():
+        saved = json.loads(unit_json.read_text())
+        if saved["settings"] == wanted:
+            log(f"{workdir}: reusing {UNIT_JSON}")
+            return saved["rows"]
+        log(f"{workdir}: its {UNIT_JSON} has other settings; sampling again")
+    if common.latest_step(workdir) is None:
+        source = str(paths.get(root) / (SHARED[name] + suffix)) if name in SHARED else None
+        if source is not None and common.latest_step(source) is not None:
+            log(f"{workdir}: copying the {SHARED[name] + suffix} checkpoint (same gradients)")
+            paths.copytree(str(paths.get(source) / "checkpoints"),
+                           str(paths.get(workdir) / "checkpoints"))
+        elif not train_missing:
+            raise ValueError(f"{workdir} has no checkpoint (train it, or drop --no-train)")
+        else:
+            log(f"training {workdir}")
+            train.train(config, workdir)
+    restored = evaluate.restore(config, workdir)
+    law = restored.experiment.sampling_law
     rows = []
-    for i, name in enumerate(TOYS):
-        for head in (False, True):
-            config = importlib.import_module(f"configs.{name}").get_config()
-            config.model.learned_variance = head
-            for field, value in (overrides or {}).items():
-                section, _, key = field.partition(".")
-                config[section][key] = value
-            workdir = str(paths.get(root) / (name + ("_head" if head else "")))
-            if not (paths.get(workdir) / "checkpoints").exists():
-                if not train_missing:
-                    raise ValueError(f"{workdir} has no checkpoint (train it, or drop --no-train)")
-                log(f"training {workdir}")
-                train.train(config, workdir)
-            restored = evaluate.restore(config, workdir)
-            law = restored.experiment.sampling_law
-            for num_steps in settings.steps:
-                for member in LEARNED_MEMBERS + (HEAD_MEMBERS if head else ()):
-                    sampling = dataclasses.replace(
-                        restored.experiment.sampling, num_steps=num_steps,
-                        batch_size=settings.n, eta=member.eta,
-                        variance_weight=member.weight if member.weight else None)
-                    key = jax.random.fold_in(jax.random.fold_in(key_walks, i), num_steps)
-                    x_NxD, _ = samplers.draw(restored.experiment.model, restored.params,
-                                             restored.experiment.process, law, sampling, (2,),
-                                             settings.n, key)
-                    row = _measure(np.asarray(x_NxD), gmm, data_NxD, settings.ed_n)
-                    rows.append({"config": name, "head": head, "law": str(law), "K": num_steps,
-                                 "member": str(member), "eta": member.resolved_eta(num_steps),
-                                 "w": member.weight, "train_steps": restored.step, **row})
-                    log(f"{name:>12s} head={head!s:5s} K={num_steps:<5d} {str(member):>10s}  "
-                        f"width {row['blob_width']:.4f} ({row['width_error']:+.1%})  "
-                        f"ED {row['energy_distance']:+.1e}")
-    return {"experiment": "variance family on learned toy networks (docs/math.md §3, §5)",
-            "data": "gmm8", "data_blob_width": DATA_WIDTH, "n": settings.n, "ed_n": settings.ed_n,
-            "seed": settings.seed, "steps": list(settings.steps), "configs": list(TOYS),
-            "rows": rows, "jax": jax.__version__}
+    for num_steps in settings.steps:
+        key = jax.random.fold_in(jax.random.fold_in(key_walks, _config_index(name)), num_steps)
+        for member in members:
+            start = time.perf_counter()
+            sampling = dataclasses.replace(
+                restored.experiment.sampling, num_steps=num_steps,
+                batch_size=settings.n,
+                eta=member.eta, variance_weight=member.weight if member.weight else None)
+            x, _ = samplers.draw(restored.experiment.model, restored.params,
+                                 restored.experiment.process, law, sampling,
+                                 restored.example_shape, settings.n, key)
+            row = score(name, x)
+            rows.append({"config": name, "head": head, "law": str(law), "K": num_steps,
+                         "member": str(member), "eta": member.resolved_eta(num_steps),
+                         "w": member.weight, "train_steps": restored.step, **row,
+                         "seconds": time.perf_counter() - start})
+            log(f"{name:>12s} head={head!s:5s} K={num_steps:<5d} {str(member):>10s}  "
+                + _cell(row) + f"  ({rows[-1]['seconds']:.0f} s)")
+    paths.write(unit_json, json.dumps({"settings": wanted, "rows": rows,
+                                       "machine": provenance.describe()}, indent=2))
+    return rows
+
+
+def _cell(row: dict) -> str:
+    if "fd" in row:
+        return f"FD {row['fd']:.2f}, spread {row['spread_error']:+.1%}"
+    return f"width {row['blob_width']:.4f} ({row['width_error']:+.1%})  ED {row['energy_distance']:+.1e}"
+
+
+class _Scores:
+    """Scores samples of a config: blob width and energy distance for the toys (gmm8), and
+    :class:`_DigitsScore` for the digits (its classifier fitted on first use)."""
+
+    def __init__(self, settings: Settings, key_data):
+        self._gmm = oracles.gmm8()
+        self._data_NxD = np.asarray(oracles.sample_gmm(key_data, self._gmm, settings.ed_n))
+        self._ed_n = settings.ed_n
+        self._digits = None
+
+    def __call__(self, name: str, x) -> dict:
+        if name in TOYS:
+            return _measure(np.asarray(x), self._gmm, self._data_NxD, self._ed_n)
+        if self._digits is None:
+            self._digits = _DigitsScore()
+        return self._digits(x)
+
+
+def run_learned(root: str, settings: Settings, learned: Learned = Learned(), *,
+                train_missing: bool = True, overrides: dict | None = None, log=print) -> dict:
+    """Trains (where ``root`` has no checkpoint) and samples the networks of
+    ``learned.configs`` without and with the learned-variance head; returns the JSON-ready
+    result.
+
+    Each network is a unit, workdir ``ROOT/<config>[_head]``: its rows are saved in the
+    workdir and reused by a later run with the same settings (an interrupted run resumes;
+    two processes with different ``--configs`` fill one root in parallel). A config of
+    :data:`SHARED` copies the other config's checkpoint. Every member of a (config, K)
+    samples from the same key. ``overrides``: {"section.field": value} applied to every
+    config (a smoke run's sizes).
+    """
+    overrides = dict(overrides or {})
+    key_walks, key_data = jax.random.split(jax.random.key(settings.seed))
+    score = _Scores(settings, key_data)
+    rows = []
+    for name in learned.configs:
+        for head, members in ((False, learned.members), (True, learned.head_members)):
+            if members:
+                rows += _learned_unit(root, name, head, settings, members, key_walks, score,
+                                      train_missing=train_missing, overrides=overrides, log=log)
+    digits = [name for name in learned.configs if name in DIGITS]
+    result = {"experiment": "variance family on learned networks (docs/math.md §3, §5)",
+              "configs": list(learned.configs), "n": settings.n, "ed_n": settings.ed_n,
+              "seed": settings.seed, "steps": list(settings.steps), "rows": rows,
+              "jax": jax.__version__}
+    if len(digits) < len(learned.configs):
+        result.update(data="gmm8", data_blob_width=DATA_WIDTH)
+    if digits:
+        result["digits_reference"] = "the 359 test digits (digit_features.held_out_digits)"
+    return result
+
+
+def _members_or_none(text: str) -> tuple[Member, ...]:
+    return parse_members(text) if text.strip() else ()
+
+
+def results_section(result: dict) -> str:
+    """The results page's section: a heading, the command, the machine and the table."""
+    return "\n".join([
+        "## The reverse-variance family on learned networks (docs/math.md §3.4, §5.6)", "",
+        f"Made by `{result['command']}` in {result['wall_seconds'] / 60:.0f} min on "
+        f"{provenance.machine_line(result['machine'])}.",
+        "Samples of the run's law (`sampling.law`), the same key for every member of a "
+        "(config, K); `rule` is the default η of K (`walks.default_eta`); w > 0 takes "
+        "Var[x_0 | x_t] from the network's learned-variance head (`model.learned_variance`). "
+        "digits_uniform (uniform/gaussian) samples the digits_gaussian networks with uniform "
+        "steps (the two train alike).",
+        "", learned_markdown(result)])
 
 
 def learned_markdown(result: dict) -> str:
-    """One row per (config, head, member): blob width error and energy distance at each K."""
-    out = [f"Learned toy networks (gmm8, blob width of the data {result['data_blob_width']:.3f}, "
-           f"n = {result['n']}; energy distance on {result['ed_n']} points): width error / "
-           "energy distance at each K."]
-    head = ["config", "head", "member"] + [f"K={k}" for k in result["steps"]]
-    table = []
-    keys_ = list(dict.fromkeys((r["config"], r["head"], r["member"]) for r in result["rows"]))
-    for config, has_head, member in keys_:
-        cells = []
-        for k in result["steps"]:
-            match = [r for r in result["rows"] if (r["config"], r["head"], r["member"], r["K"])
-                     == (config, has_head, member, k)]
-            cells.append(f"{match[0]['width_error']:+.1%} / {match[0]['energy_distance']:.1e}"
-                         if match else "")
-        table.append([config, "yes" if has_head else "no", member] + cells)
-    return "\n".join(out + [""] + common.markdown_table(head, table))
+    """One row per (config, head, member) and a column per K: width error / energy distance
+    (toys), FD / spread error (digits)."""
+    out = []
+    for names, what in ((TOYS, "toys"), (DIGITS, "digits")):
+        rows = [r for r in result["rows"] if r["config"] in names]
+        if not rows:
+            continue
+        if what == "toys":
+            out += [f"Learned toy networks (gmm8, blob width of the data "
+                    f"{result['data_blob_width']:.3f}, n = {result['n']}; energy distance on "
+                    f"{result['ed_n']} points): width error / energy distance at each K."]
+            cell = lambda r: f"{r['width_error']:+.1%} / {r['energy_distance']:.1e}"  # noqa: E731
+        else:
+            out += [f"Digits networks (n = {result['n']} samples per cell against the 359 test "
+                    "digits; FD in the digits classifier's features; spread: the samples' total "
+                    "per-pixel variance over the test digits', minus 1): FD / spread error at each K."]
+            cell = lambda r: f"{r['fd']:.2f} / {r['spread_error']:+.1%}"  # noqa: E731
+        head = ["config", "head", "member"] + [f"K={k}" for k in result["steps"]]
+        table = []
+        for config, has_head, member in dict.fromkeys((r["config"], r["head"], r["member"])
+                                                      for r in rows):
+            cells = []
+            for k in result["steps"]:
+                match = [r for r in rows if (r["config"], r["head"], r["member"], r["K"])
+                         == (config, has_head, member, k)]
+                cells.append(cell(match[0]) if match else "")
+            table.append([config, "yes" if has_head else "no", member] + cells)
+        out += [""] + common.markdown_table(head, table) + [""]
+    return "\n".join(out).rstrip("\n")
 
 
 def markdown_table(result: dict) -> str:
@@ -316,11 +502,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         help="comma-separated 'eta=X', 'w=Y' or 'eta=X;w=Y'")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--learned", metavar="ROOT",
-                        help="measure the toy networks trained under ROOT (trained if missing)")
+                        help="measure the networks of --configs trained under ROOT (trained if "
+                             "missing) instead of the exact score")
+    parser.add_argument("--configs", default="toys",
+                        help="with --learned: 'toys', 'digits' or comma-separated config names")
+    parser.add_argument("--no-head-members", default="eta=1,rule",
+                        help="with --learned: the members sampled on networks without the head")
+    parser.add_argument("--head-members", default="eta=1,rule,w=1,w=0.5",
+                        help="with --learned: the members sampled on networks with the head "
+                             "(empty: train and sample no head)")
     parser.add_argument("--no-train", action="store_true",
                         help="with --learned: refuse to train a missing network")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="with --learned: a config override for every network (smoke runs)")
+    parser.add_argument("--results", metavar="PAGE",
+                        help="with --learned: also put the table into this Markdown page's "
+                             "'variance-learned' section (docs/results.md)")
     args = parser.parse_args(argv)
     settings = Settings(n=args.n, ed_n=args.ed_n, steps=common.parse_steps(args.steps),
                         laws=common.parse_laws(args.laws),
@@ -335,10 +532,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 overrides[field] = ast.literal_eval(value)
             except (ValueError, SyntaxError):
                 overrides[field] = value  # a bare string
-        result = run_learned(args.learned, settings, train_missing=not args.no_train,
+        learned = Learned(configs=parse_configs(args.configs),
+                          members=_members_or_none(args.no_head_members),
+                          head_members=_members_or_none(args.head_members))
+        result = run_learned(args.learned, settings, learned, train_missing=not args.no_train,
                              overrides=overrides)
-        return common.write(args.out, "variance_learned", result,
-                            markdown=learned_markdown(result), start=start, argv=argv)
+        name = "variance_digits" if set(learned.configs) <= set(DIGITS) else "variance_learned"
+        result = common.write(args.out, name, result, markdown=learned_markdown(result),
+                              start=start, argv=argv, module="variance")
+        if args.results:
+            common.put_section(args.results, "variance-learned", results_section(result))
+            print(f"updated the 'variance-learned' section of {args.results}", flush=True)
+        return result
+    elif args.results:
+        raise ValueError("--results goes with --learned")
     result = run(settings)
     return common.write(args.out, "variance", result, markdown=markdown_table(result),
                         figures={"variance_widths.png": lambda path: plot_widths(result, path)},
