@@ -38,11 +38,11 @@ processes with different ``--configs`` can fill one ``ROOT`` side by side. The t
         --n 10000 --out docs/figures/variance
 
 and the digits (``variance_digits.json`` and ``.md``, and the section of the results page;
-about 35 minutes of training per row on 2 CPU cores, and the sampling of
-``docs/results.md``'s own note)::
+on 2 CPU cores 11–14 minutes of training per network and 40–50 minutes of sampling per
+network pair, measured with six runs side by side)::
 
     python -m nnd.experiments.variance --learned runs/variance --configs digits \
-        --steps 10,30,100,1000 --n 500 --head-members w=1,w=0.5 \
+        --steps 10,30,100,1000 --n 500 --ed-n 500 --head-members w=1,w=0.5 \
         --out docs/figures/variance --results docs/results.md
 """
 
