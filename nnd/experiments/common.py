@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from typing import Callable, Iterable, Sequence
@@ -158,15 +159,9 @@ def kept_sections(page: str) -> str:
     rest of it; "" if there are none or no page."""
     path = paths.get(page)
     text = path.read_text() if path.exists() else ""
-    blocks = []
-    for line in text.splitlines():
-        if line.startswith("<!-- begin ") and line.endswith("kept when the page is remade -->"):
-            name = line[len("<!-- begin "):].split(":", 1)[0]
-            end = _markers(name)[1]
-            if end in text[text.index(line):]:
-                start = text.index(line)
-                blocks.append(text[start:text.index(end, start) + len(end)] + "\n")
-    return "".join(blocks)
+    pattern = re.compile(r"^<!-- begin ([^:]+): made by its own command; kept when the page is "
+                         r"remade -->$.*?^<!-- end \1 -->$", re.S | re.M)
+    return "".join(match.group(0) + "\n" for match in pattern.finditer(text))
 
 
 # -- entry points ---------------------------------------------------------------------
